@@ -1,0 +1,10 @@
+"""metaalign_det: unsupervised domain-adaptive object detection (DA-Faster / MetaAlign) for detectron2.
+
+Importing this package applies :mod:`metaalign_det.compat` (before any detectron2 import) and registers
+the project's meta-architecture, heads, backbones, datasets and evaluators.
+"""
+from . import compat
+
+compat.apply()
+
+__version__ = "0.1.0"

@@ -1,0 +1,137 @@
+"""The one place that deals with detectron2 / Pillow / numpy version differences.
+
+Applied once, before any detectron2 import, by ``import metaalign_det``. With an official detectron2
+build (compiled ``detectron2._C`` present) on a Pillow that still has ``Image.LINEAR`` it does nothing.
+
+What it may do, each logged once in one line:
+
+* ``detectron2._C`` placeholder -- the registry sdist ``pb1-detectron2==0.6`` (official v0.6 Python code)
+  ships no C++ sources, so ``detectron2._C`` does not exist and ``detectron2.layers`` fails to import
+  (``deform_conv`` imports it at module top). The placeholder makes the import work; touching any compiled
+  op on it raises :class:`MissingCompiledOpError` naming the op and the feature. Faster R-CNN does not need
+  them: ROIAlign and NMS come from torchvision.
+* ``PIL.Image.LINEAR`` alias -- removed in Pillow 10, read as a default argument when
+  ``detectron2.data.transforms`` is imported. Pillow < 10 defined ``LINEAR = BILINEAR``.
+
+What it deliberately does not do: alias ``np.bool`` / ``np.str`` (gone in numpy 1.24). Only detectron2's
+PascalVOC evaluator, ``load_voc_instances`` and empty-bitmask code use them; this project has its own
+evaluator and VOC loader, so numpy is left untouched.
+"""
+import importlib.util
+import logging
+import sys
+import types
+
+__all__ = ["apply", "applied", "MissingCompiledOpError", "D2_MISSING_MESSAGE"]
+
+logger = logging.getLogger(__name__)
+
+D2_MISSING_MESSAGE = (
+    "metaalign_det needs detectron2, which is not importable: run `make test` (it installs detectron2 0.6 "
+    "into .venv), or `python tools/install_detectron2.py`, or build the official detectron2 from source "
+    "(https://github.com/facebookresearch/detectron2)"
+)
+
+# compiled op -> the detectron2 feature it belongs to (for the error message)
+_OP_FEATURES = {
+    "nms_rotated": "rotated boxes",
+    "box_iou_rotated": "rotated boxes",
+    "roi_align_rotated_forward": "rotated boxes",
+    "roi_align_rotated_backward": "rotated boxes",
+    "deform_conv_forward": "deformable convolution",
+    "deform_conv_backward_input": "deformable convolution",
+    "deform_conv_backward_filter": "deformable convolution",
+    "modulated_deform_conv_forward": "deformable convolution",
+    "modulated_deform_conv_backward": "deformable convolution",
+    "COCOevalAccumulate": "fast COCO evaluation (COCOeval_opt)",
+    "COCOevalEvaluateImages": "fast COCO evaluation (COCOeval_opt)",
+    "InstanceAnnotation": "fast COCO evaluation (COCOeval_opt)",
+    "ImageEvaluation": "fast COCO evaluation (COCOeval_opt)",
+}
+
+_applied = []
+
+
+class MissingCompiledOpError(AttributeError):
+    """A compiled detectron2 op was used, but this detectron2 has no compiled ops.
+
+    Subclasses AttributeError so ``hasattr(detectron2._C, op)`` stays False instead of crashing.
+    """
+
+
+class _CompiledOpsPlaceholder(types.ModuleType):
+    """Stands in for ``detectron2._C`` when the compiled extension is absent."""
+
+    # collect_env (called by default_setup) asks for the build info: answer honestly instead of failing.
+    def get_compiler_version(self):
+        return "none: detectron2._C is a metaalign_det placeholder (no compiled ops)"
+
+    def get_cuda_version(self):
+        return "none"
+
+    def has_cuda(self):
+        return False
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        feature = _OP_FEATURES.get(name, "a compiled detectron2 op")
+        raise MissingCompiledOpError(
+            f"detectron2._C.{name} ({feature}) is not available: this detectron2 was installed without "
+            f"compiled ops. MetaAlign / Faster R-CNN does not need it; build the official detectron2 from "
+            f"source to use {feature}."
+        )
+
+
+def _needs_placeholder():
+    if "detectron2._C" in sys.modules:
+        return False
+    try:
+        return importlib.util.find_spec("detectron2._C") is None
+    except ModuleNotFoundError:  # detectron2 itself missing
+        raise ImportError(D2_MISSING_MESSAGE) from None
+
+
+def _install_placeholder():
+    mod = _CompiledOpsPlaceholder(
+        "detectron2._C", "metaalign_det placeholder for detectron2's compiled ops (none are built)"
+    )
+    mod.__file__ = __file__  # a path that exists; collect_env never opens it (has_cuda() is False)
+    sys.modules["detectron2._C"] = mod
+    import detectron2
+
+    detectron2._C = mod
+
+
+def _pillow_lacks_linear():
+    import PIL.Image
+
+    return not hasattr(PIL.Image, "LINEAR")
+
+
+def apply():
+    """Apply the needed shims once; return the list of what was done (empty on an official build)."""
+    if _applied:
+        return list(_applied)
+    if importlib.util.find_spec("detectron2") is None:
+        raise ImportError(D2_MISSING_MESSAGE)
+    done = []
+    if _needs_placeholder():
+        _install_placeholder()
+        done.append("detectron2._C placeholder (no compiled ops: rotated boxes, deformable conv, fast COCO eval)")
+    if _pillow_lacks_linear():
+        import PIL.Image
+
+        PIL.Image.LINEAR = PIL.Image.Resampling.BILINEAR  # Pillow < 10 had LINEAR == BILINEAR
+        done.append("PIL.Image.LINEAR = BILINEAR (removed in Pillow 10)")
+    if done:
+        logger.info("metaalign_det.compat applied: %s", "; ".join(done))
+        _applied.extend(done)
+    else:
+        _applied.append(None)  # marks "checked, nothing needed"
+    return done
+
+
+def applied():
+    """What :func:`apply` did in this process (empty list: nothing was needed)."""
+    return [x for x in _applied if x is not None]

@@ -22,7 +22,7 @@ import logging
 import sys
 import types
 
-__all__ = ["apply", "applied", "MissingCompiledOpError", "D2_MISSING_MESSAGE"]
+__all__ = ["apply", "applied", "log_applied", "MissingCompiledOpError", "D2_MISSING_MESSAGE"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,11 @@ def apply():
     """Apply the needed shims once; return the list of what was done (empty on an official build)."""
     if _applied:
         return list(_applied)
-    if importlib.util.find_spec("detectron2") is None:
+    try:
+        found = importlib.util.find_spec("detectron2") is not None
+    except ImportError:
+        found = False
+    if not found:
         raise ImportError(D2_MISSING_MESSAGE)
     done = []
     if _needs_placeholder():
@@ -130,6 +134,14 @@ def apply():
     else:
         _applied.append(None)  # marks "checked, nothing needed"
     return done
+
+
+def log_applied(log=None):
+    """Log, once more and where detectron2's logger is set up, what :func:`apply` did (one line)."""
+    done = applied()
+    (log or logging.getLogger("detectron2")).info(
+        "metaalign_det.compat: %s", "; ".join(done) if done else "nothing needed (official detectron2 build)"
+    )
 
 
 def applied():

@@ -80,6 +80,13 @@ def add_metaalign_config(cfg):
     _C.META.HVP = "auto"
     # Relative step of the central finite-difference HVP (eps = FD_EPS * ||theta|| / ||v||).
     _C.META.FD_EPS = 1e-3
+    # In MODE "none", also log meta/grad_cos every N iterations (costs one extra backward then; 0 = never).
+    # The meta modes log it every step for free.
+    _C.META.JOINT_GRAD_COS_PERIOD = 20
+
+    # ---- mixed precision ----------------------------------------------------------------------------
+    # Autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a GradScaler) or "bfloat16" (no scaler; CPU too).
+    _C.SOLVER.AMP.DTYPE = "float16"
 
     # ---- evaluation -------------------------------------------------------------------------------
     # AP convention of the project's evaluator: "coco101" (pycocotools AP50), "voc07" (11-point), "voc12".

@@ -1,0 +1,191 @@
+"""Paired training data: one labelled *source* batch and one unlabelled *target* batch per step.
+
+Each domain has its own dataset, sampler and aspect-ratio grouping, built with detectron2's public
+``build_detection_train_loader`` (so ``DATALOADER.NUM_WORKERS``, ``ASPECT_RATIO_GROUPING`` and the usual
+augmentations apply). Target records are stripped of their annotations *before* mapping, so labels that a
+target set happens to carry can never reach the model.
+
+Batch sizes are global: ``SOLVER.IMS_PER_BATCH`` source and ``SOLVER.TARGET_IMS_PER_BATCH`` target images
+per step over all processes; each process gets its share.
+
+Reproducibility and resume: the samplers' shuffling seeds come from ``cfg.SEED`` (source: SEED,
+target: SEED + 1) or, when SEED < 0, from one shared random draw that the trainer checkpoints. On resume the
+samplers skip the indices already consumed (``start_iter`` x global batch), so an interrupted run sees the
+same stream as an uninterrupted one (exactly so with NUM_WORKERS = 0 and without aspect-ratio grouping or
+with images of one aspect ratio; with grouping the batches are re-formed from the same index stream).
+"""
+import itertools
+import logging
+from typing import Iterator, List, Optional, Tuple
+
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.samplers import TrainingSampler
+from detectron2.utils import comm
+
+__all__ = [
+    "PairedDataLoader",
+    "ResumableTrainingSampler",
+    "build_paired_train_loader",
+    "check_dataset_names",
+    "strip_annotations",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ResumableTrainingSampler(TrainingSampler):
+    """detectron2's infinite shuffled ``TrainingSampler`` that can start ``skip`` global indices in.
+
+    ``skip`` counts indices of the global stream (all processes), i.e. ``start_iter * total_batch_size``.
+    """
+
+    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None, skip: int = 0):
+        super().__init__(size, shuffle=shuffle, seed=seed)
+        self._skip = int(skip)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def __iter__(self):
+        yield from itertools.islice(
+            self._infinite_indices(), self._skip + self._rank, None, self._world_size
+        )
+
+
+def check_dataset_names(key: str, names) -> None:
+    """Raise one clear ValueError if ``names`` (value of cfg ``key``) is empty or has unregistered names."""
+    if not names:
+        raise ValueError(f"{key} is empty: name at least one registered dataset")
+    registered = set(DatasetCatalog.list())
+    for n in names:
+        if n not in registered:
+            close = sorted(r for r in registered if r.split("_")[0] == str(n).split("_")[0])[:8]
+            hint = f" (similar registered names: {', '.join(close)})" if close else ""
+            raise ValueError(f"{key}: dataset '{n}' is not registered{hint}")
+
+
+def _classes(names) -> Optional[List[str]]:
+    classes = None
+    for n in names:
+        c = MetadataCatalog.get(n).get("thing_classes", None)
+        if c is None:
+            continue
+        if classes is not None and list(c) != list(classes):
+            raise ValueError(f"datasets {list(names)} disagree on thing_classes: {classes} vs {list(c)}")
+        classes = list(c)
+    return classes
+
+
+def check_class_lists(cfg) -> None:
+    """Source and target must declare the same classes (when both declare them), and match NUM_CLASSES."""
+    src = _classes(cfg.DATASETS.TRAIN)
+    tgt = _classes(cfg.DATASETS.TRAIN_TARGET) if cfg.DATASETS.TRAIN_TARGET else None
+    if src is not None and tgt is not None and src != tgt:
+        raise ValueError(
+            f"class lists differ: DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)} has {len(src)} classes {src}, "
+            f"DATASETS.TRAIN_TARGET {list(cfg.DATASETS.TRAIN_TARGET)} has {len(tgt)} classes {tgt}"
+        )
+    if src is not None and len(src) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise ValueError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but DATASETS.TRAIN "
+            f"{list(cfg.DATASETS.TRAIN)} has {len(src)} classes {src}"
+        )
+
+
+def strip_annotations(dataset_dicts: List[dict]) -> List[dict]:
+    """Copies of the records without any label field (target images are unlabelled by definition)."""
+    drop = ("annotations", "sem_seg_file_name", "pan_seg_file_name", "segments_info")
+    return [{k: v for k, v in d.items() if k not in drop} for d in dataset_dicts]
+
+
+def _domain_loader(cfg, dataset_dicts, total_batch_size, seed, skip, mapper):
+    sampler = ResumableTrainingSampler(len(dataset_dicts), shuffle=True, seed=seed, skip=skip)
+    loader = build_detection_train_loader(
+        dataset=dataset_dicts,
+        mapper=mapper,
+        sampler=sampler,
+        total_batch_size=total_batch_size,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+    return loader, sampler.seed
+
+
+class PairedDataLoader:
+    """Iterable over ``(source_batch, target_batch)``; ``target_batch`` is None for source-only training.
+
+    Attributes:
+        seeds (dict): the sampler seeds actually used, {"source": int, "target": int or None}; the trainer
+            checkpoints them so a resumed run rebuilds the same streams.
+    """
+
+    def __init__(self, source, target, seeds):
+        self.source, self.target, self.seeds = source, target, seeds
+
+    def __iter__(self) -> Iterator[Tuple[list, Optional[list]]]:
+        # A generator: worker processes start at the first next(), not when the trainer calls iter() --
+        # so a loader replaced on resume never spawns any.
+        if self.target is None:
+            for s in self.source:
+                yield s, None
+        else:
+            yield from zip(self.source, self.target)
+
+
+def build_paired_train_loader(cfg, start_iter: int = 0, seeds: Optional[dict] = None, mapper=None):
+    """Build the paired loader for ``cfg``.
+
+    Args:
+        start_iter: iterations already done (resume): the samplers skip what they already produced.
+        seeds: sampler seeds to reuse ({"source", "target"}), e.g. from a checkpoint; default from cfg.SEED.
+        mapper: the source mapper (default ``DatasetMapper(cfg, True)``); the target uses the same
+            augmentations on annotation-free records.
+    """
+    check_dataset_names("DATASETS.TRAIN", cfg.DATASETS.TRAIN)
+    da_on = cfg.MODEL.DA_HEADS.IMG_ENABLED or cfg.MODEL.DA_HEADS.INS_ENABLED
+    if da_on and not cfg.DATASETS.TRAIN_TARGET:
+        raise ValueError(
+            "DATASETS.TRAIN_TARGET is empty but MODEL.DA_HEADS is enabled: name the unlabelled target "
+            "dataset(s), or set MODEL.DA_HEADS.IMG_ENABLED/INS_ENABLED False for source-only training"
+        )
+    if cfg.DATASETS.TRAIN_TARGET:
+        check_dataset_names("DATASETS.TRAIN_TARGET", cfg.DATASETS.TRAIN_TARGET)
+    check_class_lists(cfg)
+    mapper = mapper if mapper is not None else DatasetMapper(cfg, True)
+    if seeds is None:
+        base = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        seeds = {"source": int(base), "target": int(base) + 1}
+
+    source_dicts = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        min_keypoints=0,
+        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+    )
+    source, s_seed = _domain_loader(
+        cfg, source_dicts, cfg.SOLVER.IMS_PER_BATCH, seeds["source"],
+        start_iter * cfg.SOLVER.IMS_PER_BATCH, mapper,
+    )
+    target, t_seed = None, None
+    if cfg.DATASETS.TRAIN_TARGET:
+        # filter_empty=False: a target image is never "empty" -- we do not know (or use) its labels.
+        target_dicts = strip_annotations(
+            get_detection_dataset_dicts(cfg.DATASETS.TRAIN_TARGET, filter_empty=False)
+        )
+        target, t_seed = _domain_loader(
+            cfg, target_dicts, cfg.SOLVER.TARGET_IMS_PER_BATCH, seeds["target"],
+            start_iter * cfg.SOLVER.TARGET_IMS_PER_BATCH, mapper,
+        )
+        logger.info(
+            "Paired loader: %d source images (%s), %d target images (%s, labels stripped)",
+            len(source_dicts), ",".join(cfg.DATASETS.TRAIN), len(target_dicts),
+            ",".join(cfg.DATASETS.TRAIN_TARGET),
+        )
+    return PairedDataLoader(source, target, {"source": s_seed, "target": t_seed})

@@ -1,0 +1,307 @@
+"""The training step: detectron2 ``SimpleTrainer`` / ``AMPTrainer`` subclasses whose ``run_step`` takes a
+(source, target) batch pair and gets its gradients from :func:`metaalign_det.meta.meta_align_grads` --
+one step function for every mode (``none`` = plain joint DA, ``first_order``, ``second_order``).
+
+``run_step`` is split into small overridable pieces (ALDI style): ``compute_gradients`` (the meta step),
+``assign_gradients`` (one all-reduce, then ``p.grad``), ``write_step_metrics`` and ``optimizer_step``.
+The AMP subclass only changes the autocast context, the loss scale and the optimizer step.
+"""
+import contextlib
+import logging
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from ..meta import meta_align_grads, resolve_direction, select_params
+from .distributed import all_reduce_mean_, world_size
+
+__all__ = ["MetaAlignStepOptions", "MetaAlignSimpleTrainer", "MetaAlignAMPTrainer", "LossEvaluator"]
+
+logger = logging.getLogger(__name__)
+
+_ORDER = {"none": "none", "first_order": "first", "second_order": "second"}
+
+
+class MetaAlignStepOptions:
+    """The META.* settings the step needs, validated once (one clear error per bad key)."""
+
+    def __init__(self, mode="none", direction="align_first", inner_lr_scale=10.0, params=(),
+                 hvp="auto", fd_eps=1e-3, joint_grad_cos_period=20):
+        if mode not in _ORDER:
+            raise ValueError(f"META.MODE must be one of {sorted(_ORDER)}, got {mode!r}")
+        if direction not in ("align_first", "det_first", "alternate"):
+            raise ValueError(
+                f"META.DIRECTION must be 'align_first', 'det_first' or 'alternate', got {direction!r}"
+            )
+        if hvp not in ("auto", "double_backward", "finite_difference"):
+            raise ValueError(
+                f"META.HVP must be 'auto', 'double_backward' or 'finite_difference', got {hvp!r}"
+            )
+        if inner_lr_scale < 0:
+            raise ValueError(f"META.INNER_LR_SCALE must be >= 0, got {inner_lr_scale}")
+        self.mode, self.direction, self.inner_lr_scale = mode, direction, float(inner_lr_scale)
+        self.params, self.hvp, self.fd_eps = list(params), hvp, float(fd_eps)
+        self.joint_grad_cos_period = int(joint_grad_cos_period)
+
+    @classmethod
+    def from_config(cls, cfg):
+        m = cfg.META
+        return cls(m.MODE, m.DIRECTION, m.INNER_LR_SCALE, m.PARAMS, m.HVP, m.FD_EPS,
+                   m.JOINT_GRAD_COS_PERIOD)
+
+
+class LossEvaluator:
+    """Evaluates the model's detection and alignment losses at parameter values ``p``.
+
+    * ``functional_call`` substitutes ``p`` for the module's trainable parameters (buffers and frozen
+      parameters stay the module's own).
+    * One forward serves both groups when both are asked for at the same ``p`` (the joint step): the result is
+      kept until each group has been read once, then dropped (its graph is freed by the backward).
+    * Every evaluation within a step replays the RNG state of the step's start, so θ, θ' and θ ± εv see the
+      same ROI sampling and dropout masks -- required for a meaningful finite-difference Hessian product.
+    * The detection group alone is evaluated on the source batch only (the target batch has no labels and
+      contributes nothing to it).
+
+    Attributes:
+        logged: the first value seen of every loss in this step (detached), for metrics.
+    """
+
+    def __init__(self, model, source, target, autocast_ctx=contextlib.nullcontext):
+        self.model, self.source, self.target = model, source, target
+        self.autocast_ctx = autocast_ctx
+        self.split = getattr(model, "split_losses", None)
+        self._cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self._rng = torch.get_rng_state()
+        self._cuda_rng = torch.cuda.get_rng_state_all() if self._cuda else None
+        self._memo = None
+        self.logged: Dict[str, torch.Tensor] = {}
+
+    def _forward(self, p, with_target):
+        devices = list(range(torch.cuda.device_count())) if self._cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self._rng)
+            if self._cuda:
+                torch.cuda.set_rng_state_all(self._cuda_rng)
+            with self.autocast_ctx():
+                if self.split is None:  # plain GeneralizedRCNN: source-only detection
+                    out = torch.func.functional_call(self.model, p, (self.source,))
+                    det, align = out, {}
+                else:
+                    tgt = self.target if with_target else None
+                    out = torch.func.functional_call(self.model, p, (self.source, tgt))
+                    det, align = self.split(out)
+        for k, v in {**det, **align}.items():
+            self.logged.setdefault(k, v.detach())
+        return det, align
+
+    def _get(self, p, part):
+        memo = self._memo
+        if memo is not None and memo["p"] is p and part not in memo["taken"]:
+            memo["taken"].add(part)
+            return memo[part]
+        det, align = self._forward(p, with_target=(part == "align"))
+        self._memo = {"p": p, "det": det, "align": align, "taken": {part}}
+        return self._memo[part]
+
+    @staticmethod
+    def _total(losses, like):
+        if not losses:
+            return torch.zeros((), device=like.device)
+        return sum(v.float() for v in losses.values())
+
+    def align_loss(self, p):
+        ref = next(iter(p.values()))
+        return self._total(self._get(p, "align"), ref)
+
+    def det_loss(self, p):
+        ref = next(iter(p.values()))
+        return self._total(self._get(p, "det"), ref)
+
+
+class MetaAlignSimpleTrainer(SimpleTrainer):
+    """SimpleTrainer over a paired loader whose gradient is the MetaAlign meta-gradient (or the joint one)."""
+
+    def __init__(self, model, data_loader, optimizer, options: Optional[MetaAlignStepOptions] = None):
+        # Explicit: in the AMP subclass the MRO's next class is AMPTrainer, whose __init__ builds a CUDA-only
+        # GradScaler; MetaAlignAMPTrainer builds its own.
+        SimpleTrainer.__init__(self, model, data_loader, optimizer)
+        self.options = options or MetaAlignStepOptions()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        # Every trainable parameter gets a gradient; META.PARAMS only restricts which ones take the inner
+        # (fast-weight) step -- the rest keep θ in θ'.
+        self.params = dict(named)
+        self.fast = set(select_params(named, self.options.params)) if self.options.params else None
+        self.last_stats: Dict[str, float] = {}
+
+    # -- pieces -------------------------------------------------------------------------------------
+    def autocast_context(self):
+        return contextlib.nullcontext()
+
+    def loss_scale(self) -> float:
+        return 1.0
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def compute_gradients(self, source, target):
+        """Return (grads: name -> tensor, stats: dict of floats, losses: name -> detached scalar)."""
+        opt = self.options
+        evaluator = LossEvaluator(self.model, source, target, self.autocast_context)
+        order = _ORDER[opt.mode]
+        if target is None and order != "none":
+            raise ValueError(f"META.MODE={opt.mode!r} needs a target batch: set DATASETS.TRAIN_TARGET")
+        direction = resolve_direction(opt.direction, self.iter)
+        compute_cos = order != "none" or (
+            opt.joint_grad_cos_period > 0 and target is not None
+            and self.iter % opt.joint_grad_cos_period == 0
+        )
+        hook = None
+        if order != "none" and (world_size() > 1 or self.fast is not None):
+            hook = self._inner_grad_hook
+        grads, stats = meta_align_grads(
+            self.params, evaluator.align_loss, evaluator.det_loss,
+            inner_lr=opt.inner_lr_scale * self.current_lr(), order=order, direction=direction,
+            hvp=opt.hvp, fd_eps=opt.fd_eps, loss_scale=self.loss_scale(),
+            inner_grad_hook=hook, compute_cos=compute_cos,
+        )
+        stats["direction_is_align_first"] = float(direction == "align_first")
+        return grads, stats, evaluator.logged
+
+    def _inner_grad_hook(self, inner_grads):
+        # Same global inner gradient on every process, so θ' (and the result) equals one process.
+        all_reduce_mean_(inner_grads)
+        if self.fast is not None:
+            for name, g in zip(self.params, inner_grads):
+                if name not in self.fast:
+                    g.zero_()
+
+    def assign_gradients(self, grads):
+        """One coalesced all-reduce of the final gradients, then ``p.grad`` (scaled for the GradScaler)."""
+        names = list(self.params)
+        tensors = [grads[n] for n in names]
+        all_reduce_mean_(tensors)
+        scale = self.loss_scale()
+        for n, g in zip(names, tensors):
+            p = self.params[n]
+            g = g.to(p.dtype)
+            p.grad = g * scale if scale != 1.0 else g
+
+    def check_finite(self, stats, losses):
+        if not stats.get("finite", True):
+            raise FloatingPointError(
+                f"non-finite MetaAlign gradient at iteration {self.iter} (META.MODE={self.options.mode}, "
+                f"losses={ {k: round(float(v), 4) for k, v in losses.items()} }): training stopped before "
+                f"the update; the last checkpoint is intact. Lower SOLVER.BASE_LR or META.INNER_LR_SCALE."
+            )
+
+    def optimizer_step(self):
+        self.optimizer.step()
+
+    def write_step_metrics(self, losses, stats, data_time):
+        """Like SimpleTrainer.write_metrics (one gather), plus the meta/* series."""
+        metrics = {k: float(v) for k, v in losses.items()}
+        meta = {f"meta/{k}": float(v) for k, v in stats.items()
+                if isinstance(v, (int, float, bool)) and k not in ("finite",) and v is not None}
+        all_metrics = comm.gather((metrics, meta, data_time))
+        if not comm.is_main_process():
+            return
+        storage = get_event_storage()
+        storage.put_scalar("data_time", max(x[2] for x in all_metrics))
+        loss_means = {k: float(np.mean([x[0][k] for x in all_metrics])) for k in all_metrics[0][0]}
+        total = sum(loss_means.values())
+        if not np.isfinite(total):
+            raise FloatingPointError(
+                f"Loss became infinite or NaN at iteration={storage.iter}! loss_dict = {loss_means}"
+            )
+        storage.put_scalar("total_loss", total)
+        storage.put_scalars(**loss_means)
+        meta_keys = set().union(*(x[1].keys() for x in all_metrics))
+        meta_means = {}
+        for k in meta_keys:
+            vals = [x[1][k] for x in all_metrics if k in x[1]]
+            meta_means[k] = float(np.mean(vals))
+        if meta_means:
+            storage.put_scalars(**meta_means, smoothing_hint=False)
+
+    # -- the step -----------------------------------------------------------------------------------
+    def run_step(self):
+        assert self.model.training, "[MetaAlignTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        source, target = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        grads, stats, losses = self.compute_gradients(source, target)
+        stats["inner_lr"] = self.options.inner_lr_scale * self.current_lr()
+        self.last_stats = stats
+        self.check_finite(stats, losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.assign_gradients(grads)
+        self.write_step_metrics(losses, stats, data_time)
+        self.optimizer_step()
+
+    # -- checkpointed state: RNG streams, so that kill-and-resume reproduces the uninterrupted run ------
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        rng = state_dict.get("rng")
+        if rng is not None and world_size() == 1:  # per-process streams differ; restore only when exact
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
+    """Mixed precision: bf16 autocast (no scaler, CPU or GPU) or fp16 autocast with torch's GradScaler.
+
+    The meta step works on unscaled gradients (it needs them for θ'); the final gradients are handed to the
+    GradScaler scaled, so its ``step`` does the usual unscale + inf check + skip, and ``update`` adapts the
+    scale.
+    """
+
+    def __init__(self, model, data_loader, optimizer, options=None, dtype="float16", device_type=None):
+        if dtype not in _AMP_DTYPES:
+            raise ValueError(f"SOLVER.AMP.DTYPE must be 'float16' or 'bfloat16', got {dtype!r}")
+        self.amp_dtype = _AMP_DTYPES[dtype]
+        self.device_type = device_type or next(model.parameters()).device.type
+        if self.device_type != "cuda" and self.amp_dtype == torch.float16:
+            raise ValueError("SOLVER.AMP.DTYPE 'float16' needs a CUDA device; use 'bfloat16' on CPU")
+        scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
+        MetaAlignSimpleTrainer.__init__(self, model, data_loader, optimizer, options)
+        self.grad_scaler = scaler
+
+    def autocast_context(self):
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
+    def loss_scale(self):
+        return float(self.grad_scaler.get_scale()) if self.grad_scaler.is_enabled() else 1.0
+
+    def check_finite(self, stats, losses):
+        if not self.grad_scaler.is_enabled():
+            super().check_finite(stats, losses)
+        # fp16: the GradScaler sees the inf/NaN in step(), skips the update and lowers the scale.
+
+    def optimizer_step(self):
+        if self.grad_scaler.is_enabled():
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+    # run_step comes from MetaAlignSimpleTrainer (first in the MRO); state_dict / load_state_dict chain
+    # through super(): RNG state (ours), then grad_scaler (AMPTrainer), then optimizer (SimpleTrainer).

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Train (or evaluate) a domain-adaptive Faster R-CNN with detectron2's usual command line.
+
+    python tools/train_net.py --config-file configs/quick_schedules/metaalign_fo_R18_FPN_synthetic.yaml
+    python tools/train_net.py --config-file CFG --resume                 # continue from OUTPUT_DIR
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
+    python tools/train_net.py --config-file CFG --num-gpus 8 SOLVER.IMS_PER_BATCH 16 ...
+
+Trailing KEY VALUE pairs override the config. Multi-GPU runs use detectron2's ``launch``.
+Bad input (missing config file, unknown dataset, inconsistent keys) exits with one ``error:`` line.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+import metaalign_det  # noqa: E402  (applies compat before detectron2 is imported)
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from metaalign_det.engine import MetaAlignTrainer  # noqa: E402
+from metaalign_det.engine.setup import setup_cfg  # noqa: E402
+
+Trainer = MetaAlignTrainer
+
+
+def setup(args):
+    """cfg from the file + overrides, manifests registered, detectron2's default_setup (logging, seed)."""
+    cfg = setup_cfg(args.config_file, args.opts)
+    default_setup(cfg, args)
+    metaalign_det.compat.log_applied()
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

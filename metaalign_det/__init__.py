@@ -7,4 +7,8 @@ from . import compat
 
 compat.apply()
 
+from . import modeling  # noqa: E402  (registers DomainAdaptiveRCNN, DA heads, the VGG16 backbone)
+from .config import add_metaalign_config  # noqa: E402
+
 __version__ = "0.1.0"
+__all__ = ["add_metaalign_config", "compat", "modeling"]

@@ -51,6 +51,8 @@ def add_metaalign_config(cfg):
     _C.MODEL.DA_HEADS.INS_GRL_WEIGHT = 0.1
     # Weight of loss_da_ins in the total loss.
     _C.MODEL.DA_HEADS.INS_LOSS_WEIGHT = 1.0
+    # Dropout after each hidden layer of the instance-level MLP (DA-Faster: 0.5).
+    _C.MODEL.DA_HEADS.INS_DROPOUT = 0.5
     # Top-N RPN proposals per target image fed to the instance-level head (source uses the sampled ROIs).
     _C.MODEL.DA_HEADS.INS_TARGET_PROPOSALS = 128
     # Weight of the image/instance consistency loss loss_da_cst (DA-Faster: 0.1; 0 = off).
@@ -83,6 +85,9 @@ def add_metaalign_config(cfg):
     # In MODE "none", also log meta/grad_cos every N iterations (costs one extra backward then; 0 = never).
     # The meta modes log it every step for free.
     _C.META.JOINT_GRAD_COS_PERIOD = 20
+
+    # Iterations between metric writes (console, metrics.json, TensorBoard); detectron2 hard-codes 20.
+    _C.SOLVER.LOG_PERIOD = 20
 
     # ---- mixed precision ----------------------------------------------------------------------------
     # Autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a GradScaler) or "bfloat16" (no scaler; CPU too).

@@ -62,8 +62,11 @@ class LossEvaluator:
       parameters stay the module's own).
     * One forward serves both groups when both are asked for at the same ``p`` (the joint step): the result is
       kept until each group has been read once, then dropped (its graph is freed by the backward).
-    * Every evaluation within a step replays the RNG state of the step's start, so θ, θ' and θ ± εv see the
-      same ROI sampling and dropout masks -- required for a meaningful finite-difference Hessian product.
+    * Every evaluation within a step runs under the same RNG seed (``seed``, one per step and process), so
+      θ, θ' and θ ± εv see the same ROI sampling and dropout masks -- required for a meaningful
+      finite-difference Hessian product. The seed is a function of the iteration, so a resumed run draws
+      what the uninterrupted run drew, whatever else (data loader start-up) used the global RNG meanwhile;
+      the global RNG stream is left untouched.
     * The detection group alone is evaluated on the source batch only (the target batch has no labels and
       contributes nothing to it).
 
@@ -71,22 +74,19 @@ class LossEvaluator:
         logged: the first value seen of every loss in this step (detached), for metrics.
     """
 
-    def __init__(self, model, source, target, autocast_ctx=contextlib.nullcontext):
+    def __init__(self, model, source, target, autocast_ctx=contextlib.nullcontext, seed=0):
         self.model, self.source, self.target = model, source, target
         self.autocast_ctx = autocast_ctx
         self.split = getattr(model, "split_losses", None)
         self._cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        self._rng = torch.get_rng_state()
-        self._cuda_rng = torch.cuda.get_rng_state_all() if self._cuda else None
+        self.seed = int(seed)
         self._memo = None
         self.logged: Dict[str, torch.Tensor] = {}
 
     def _forward(self, p, with_target):
         devices = list(range(torch.cuda.device_count())) if self._cuda else []
         with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(self._rng)
-            if self._cuda:
-                torch.cuda.set_rng_state_all(self._cuda_rng)
+            torch.manual_seed(self.seed)  # all devices
             with self.autocast_ctx():
                 if self.split is None:  # plain GeneralizedRCNN: source-only detection
                     out = torch.func.functional_call(self.model, p, (self.source,))
@@ -126,7 +126,8 @@ class LossEvaluator:
 class MetaAlignSimpleTrainer(SimpleTrainer):
     """SimpleTrainer over a paired loader whose gradient is the MetaAlign meta-gradient (or the joint one)."""
 
-    def __init__(self, model, data_loader, optimizer, options: Optional[MetaAlignStepOptions] = None):
+    def __init__(self, model, data_loader, optimizer, options: Optional[MetaAlignStepOptions] = None,
+                 seed: Optional[int] = None):
         # Explicit: in the AMP subclass the MRO's next class is AMPTrainer, whose __init__ builds a CUDA-only
         # GradScaler; MetaAlignAMPTrainer builds its own.
         SimpleTrainer.__init__(self, model, data_loader, optimizer)
@@ -137,6 +138,9 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         self.params = dict(named)
         self.fast = set(select_params(named, self.options.params)) if self.options.params else None
         self.last_stats: Dict[str, float] = {}
+        self._hvp_known: Dict[str, str] = {}
+        # cfg.SEED when set (>= 0), else one random draw shared by all processes; checkpointed.
+        self.seed_base = int(seed) if seed is not None and seed >= 0 else comm.shared_random_seed()
 
     # -- pieces -------------------------------------------------------------------------------------
     def autocast_context(self):
@@ -145,13 +149,17 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def loss_scale(self) -> float:
         return 1.0
 
+    def step_seed(self) -> int:
+        """Seed of this step's model randomness (ROI sampling, dropout): distinct per iteration and rank."""
+        return (self.seed_base * 1_000_003 + self.iter * world_size() + comm.get_rank()) % (2**63 - 1)
+
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def compute_gradients(self, source, target):
         """Return (grads: name -> tensor, stats: dict of floats, losses: name -> detached scalar)."""
         opt = self.options
-        evaluator = LossEvaluator(self.model, source, target, self.autocast_context)
+        evaluator = LossEvaluator(self.model, source, target, self.autocast_context, self.step_seed())
         order = _ORDER[opt.mode]
         if target is None and order != "none":
             raise ValueError(f"META.MODE={opt.mode!r} needs a target batch: set DATASETS.TRAIN_TARGET")
@@ -160,25 +168,21 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             opt.joint_grad_cos_period > 0 and target is not None
             and self.iter % opt.joint_grad_cos_period == 0
         )
-        hook = None
-        if order != "none" and (world_size() > 1 or self.fast is not None):
-            hook = self._inner_grad_hook
+        distributed = world_size() > 1
+        # auto HVP: once double backward has failed for a direction (roi_align), skip the attempt.
+        hvp = self._hvp_known.get(direction, opt.hvp) if opt.hvp == "auto" else opt.hvp
         grads, stats = meta_align_grads(
             self.params, evaluator.align_loss, evaluator.det_loss,
             inner_lr=opt.inner_lr_scale * self.current_lr(), order=order, direction=direction,
-            hvp=opt.hvp, fd_eps=opt.fd_eps, loss_scale=self.loss_scale(),
-            inner_grad_hook=hook, compute_cos=compute_cos,
+            hvp=hvp, fd_eps=opt.fd_eps, loss_scale=self.loss_scale(),
+            inner_grad_hook=all_reduce_mean_ if distributed and order != "none" else None,
+            outer_grad_hook=all_reduce_mean_ if distributed and order == "second" else None,
+            compute_cos=compute_cos, fast=self.fast,
         )
+        if opt.hvp == "auto" and stats.get("hvp") == "finite_difference":
+            self._hvp_known[direction] = "finite_difference"
         stats["direction_is_align_first"] = float(direction == "align_first")
         return grads, stats, evaluator.logged
-
-    def _inner_grad_hook(self, inner_grads):
-        # Same global inner gradient on every process, so θ' (and the result) equals one process.
-        all_reduce_mean_(inner_grads)
-        if self.fast is not None:
-            for name, g in zip(self.params, inner_grads):
-                if name not in self.fast:
-                    g.zero_()
 
     def assign_gradients(self, grads):
         """One coalesced all-reduce of the final gradients, then ``p.grad`` (scaled for the GradScaler)."""
@@ -205,8 +209,10 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def write_step_metrics(self, losses, stats, data_time):
         """Like SimpleTrainer.write_metrics (one gather), plus the meta/* series."""
         metrics = {k: float(v) for k, v in losses.items()}
+        # numbers only (order/direction/hvp are strings), and no NaN: grad_cos is undefined on steps that
+        # do not compute it (MODE none between JOINT_GRAD_COS_PERIOD steps).
         meta = {f"meta/{k}": float(v) for k, v in stats.items()
-                if isinstance(v, (int, float, bool)) and k not in ("finite",) and v is not None}
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
         all_metrics = comm.gather((metrics, meta, data_time))
         if not comm.is_main_process():
             return
@@ -246,21 +252,34 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     # -- checkpointed state: RNG streams, so that kill-and-resume reproduces the uninterrupted run ------
     def state_dict(self):
         ret = super().state_dict()
+        ret["step_seed_base"] = self.seed_base
         ret["rng"] = {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_to_tensors(np.random.get_state()),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        self.seed_base = int(state_dict.get("step_seed_base", self.seed_base))
         rng = state_dict.get("rng")
         if rng is not None and world_size() == 1:  # per-process streams differ; restore only when exact
             torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
+            np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
             if rng.get("cuda") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _numpy_state_to_tensors(state):
+    # torch.load defaults to weights_only=True (torch >= 2.6), which refuses numpy arrays in a checkpoint.
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def _numpy_state_from_tensors(state):
+    name, keys, pos, has_gauss, cached = state
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
 
 
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -274,7 +293,8 @@ class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
     scale.
     """
 
-    def __init__(self, model, data_loader, optimizer, options=None, dtype="float16", device_type=None):
+    def __init__(self, model, data_loader, optimizer, options=None, seed=None, dtype="float16",
+                 device_type=None):
         if dtype not in _AMP_DTYPES:
             raise ValueError(f"SOLVER.AMP.DTYPE must be 'float16' or 'bfloat16', got {dtype!r}")
         self.amp_dtype = _AMP_DTYPES[dtype]
@@ -282,7 +302,7 @@ class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
         if self.device_type != "cuda" and self.amp_dtype == torch.float16:
             raise ValueError("SOLVER.AMP.DTYPE 'float16' needs a CUDA device; use 'bfloat16' on CPU")
         scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
-        MetaAlignSimpleTrainer.__init__(self, model, data_loader, optimizer, options)
+        MetaAlignSimpleTrainer.__init__(self, model, data_loader, optimizer, options, seed)
         self.grad_scaler = scaler
 
     def autocast_context(self):

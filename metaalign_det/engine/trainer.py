@@ -5,7 +5,7 @@ Hooks, LR schedule, optimizer, gradient clipping and evaluation are detectron2's
 import logging
 import weakref
 
-from detectron2.engine import DefaultTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -23,8 +23,9 @@ def build_step_trainer(cfg, model, data_loader, optimizer):
     """The factory that picks the ``run_step`` class: SimpleTrainer- or AMPTrainer-based."""
     options = MetaAlignStepOptions.from_config(cfg)
     if cfg.SOLVER.AMP.ENABLED:
-        return MetaAlignAMPTrainer(model, data_loader, optimizer, options, dtype=cfg.SOLVER.AMP.DTYPE)
-    return MetaAlignSimpleTrainer(model, data_loader, optimizer, options)
+        return MetaAlignAMPTrainer(model, data_loader, optimizer, options, seed=cfg.SEED,
+                                   dtype=cfg.SOLVER.AMP.DTYPE)
+    return MetaAlignSimpleTrainer(model, data_loader, optimizer, options, seed=cfg.SEED)
 
 
 def check_step_config(cfg):
@@ -66,6 +67,13 @@ class MetaAlignTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_hooks(self):
+        ret = super().build_hooks()
+        for h in ret:
+            if isinstance(h, hooks.PeriodicWriter):
+                h._period = self.cfg.SOLVER.LOG_PERIOD  # detectron2 fixes it at 20
+        return ret
+
     @classmethod
     def build_train_loader(cls, cfg, start_iter=0, seeds=None):
         return build_paired_train_loader(cfg, start_iter=start_iter, seeds=seeds)
@@ -85,12 +93,18 @@ class MetaAlignTrainer(DefaultTrainer):
             self._trainer._data_loader_iter = iter(loader)
             logger.info("Resumed at iteration %d; data streams skip what was consumed", self.start_iter)
 
+    # detectron2 v0.6's DefaultTrainer checkpoints only the iteration and the hooks: no optimizer state
+    # (momentum, current lr), no grad scaler. Ours adds the step trainer's state (optimizer, grad scaler,
+    # step seed, RNG) and the data-stream seeds, so a resumed run continues the uninterrupted one.
     def state_dict(self):
         ret = super().state_dict()
+        ret.setdefault("_trainer", self._trainer.state_dict())
         ret["data_seeds"] = dict(self._data_seeds)
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        if "_trainer" in state_dict and "load_state_dict" not in DefaultTrainer.__dict__:  # v0.6
+            self._trainer.load_state_dict(state_dict["_trainer"])
         if "data_seeds" in state_dict:
             self._data_seeds = dict(state_dict["data_seeds"])

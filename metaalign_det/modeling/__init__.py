@@ -1,0 +1,44 @@
+"""Model parts: importing this registers DomainAdaptiveRCNN (META_ARCH_REGISTRY), the DA heads
+(DA_HEAD_REGISTRY) and the VGG16 backbone (BACKBONE_REGISTRY)."""
+from .backbone import VGG16Backbone, build_vgg16_backbone
+from .discriminators import (
+    DA_HEAD_REGISTRY,
+    ImageDomainHead,
+    InstanceDomainHead,
+    build_img_da_head,
+    build_ins_da_head,
+)
+from .grl import GradientReversal, GradientReversalFunction, grad_reverse
+from .losses import SOURCE_LABEL, TARGET_LABEL, consistency_loss, domain_bce, domain_focal
+from .meta_arch import (
+    ALIGN_LOSS_KEYS,
+    ALIGN_LOSS_PREFIX,
+    DomainAdaptiveRCNN,
+    roi_box_feature_dim,
+    split_losses,
+    strip_da_heads,
+)
+
+__all__ = [
+    "ALIGN_LOSS_KEYS",
+    "ALIGN_LOSS_PREFIX",
+    "DA_HEAD_REGISTRY",
+    "DomainAdaptiveRCNN",
+    "GradientReversal",
+    "GradientReversalFunction",
+    "ImageDomainHead",
+    "InstanceDomainHead",
+    "SOURCE_LABEL",
+    "TARGET_LABEL",
+    "VGG16Backbone",
+    "build_img_da_head",
+    "build_ins_da_head",
+    "build_vgg16_backbone",
+    "consistency_loss",
+    "domain_bce",
+    "domain_focal",
+    "grad_reverse",
+    "roi_box_feature_dim",
+    "split_losses",
+    "strip_da_heads",
+]

@@ -1,0 +1,382 @@
+"""``DomainAdaptiveRCNN``: detectron2's GeneralizedRCNN plus DA-Faster R-CNN's domain discriminators.
+
+Training with a target batch returns ONE dict of scalar losses::
+
+    loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg   detection, source batch only (detectron2's names)
+    loss_da_img    IMG_LOSS_WEIGHT * 1/2 (L_img(source, 0) + L_img(target, 1))    if IMG_ENABLED
+    loss_da_ins    INS_LOSS_WEIGHT * 1/2 (L_ins(source ROIs, 0) + L_ins(target proposals, 1))  if INS_ENABLED
+    loss_da_cst    CST_WEIGHT      * 1/2 (L_cst(source) + L_cst(target))           if CST_WEIGHT > 0
+
+(source = 0, target = 1). Averaging the two domains with equal weight keeps a batch-size difference
+between source and target from tilting the discriminator; with equal batches it equals DA-Faster's
+mean over the concatenated batch (per-level means, then the mean over levels).
+
+How the features are obtained without copying detectron2's forward:
+
+* source: ``GeneralizedRCNN.forward`` itself computes the detection losses; hooks registered once at
+  construction record, for that one call only, the backbone's output dict (image level), the input of
+  ``roi_heads.box_predictor`` (box-head feature of every sampled ROI: (R, D)) and the box lists given to
+  the ROI pooler (ROIs per image, for the consistency loss). The record is cleared when the call ends.
+* target: ``preprocess_image`` -> ``backbone`` (once) -> the proposal generator with its ``training``
+  flag off (inference path: proposals without ground truth or losses) -> the top
+  ``INS_TARGET_PROPOSALS`` per image by objectness -> the ROI pooler and box head (StandardROIHeads) or
+  pooler, res5 and spatial mean (Res5ROIHeads): the same features the box predictor sees.
+  Target annotations are never read.
+
+Nothing is cached across calls and no parameter is touched in place, so the model composes with
+``torch.func.functional_call`` (the MetaAlign step evaluates it at substituted parameters).
+"""
+import contextlib
+from collections import OrderedDict
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.modeling.roi_heads import Res5ROIHeads, StandardROIHeads
+from detectron2.structures import Boxes
+
+from .discriminators import build_img_da_head, build_ins_da_head, select_feature_shapes
+from .losses import SOURCE_LABEL, TARGET_LABEL, consistency_loss, domain_bce, domain_focal
+
+__all__ = [
+    "DomainAdaptiveRCNN",
+    "ALIGN_LOSS_KEYS",
+    "ALIGN_LOSS_PREFIX",
+    "DA_HEAD_ATTRS",
+    "split_losses",
+    "strip_da_heads",
+    "roi_box_feature_dim",
+]
+
+ALIGN_LOSS_KEYS = ("loss_da_img", "loss_da_ins", "loss_da_cst")
+# every alignment loss (builtin or added by a subclass) starts with this; everything else is detection
+ALIGN_LOSS_PREFIX = "loss_da_"
+# attribute names of the discriminator heads: their state-dict keys start with "<attr>."
+DA_HEAD_ATTRS = ("da_img_head", "da_ins_head")
+
+
+def split_losses(loss_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """Partition a loss dict into ``(detection_losses, alignment_losses)``.
+
+    Alignment losses are the keys starting with ``"loss_da_"`` (:data:`ALIGN_LOSS_KEYS`); every other key
+    is a detection loss. Values are passed through untouched (no copies, graphs kept).
+    """
+    det, align = {}, {}
+    for k, v in loss_dict.items():
+        (align if k.startswith(ALIGN_LOSS_PREFIX) else det)[k] = v
+    return det, align
+
+
+def strip_da_heads(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """A copy of ``state_dict`` without the discriminator heads, for deployment.
+
+    The result loads with ``strict=True`` into a plain ``GeneralizedRCNN`` built from the same config with
+    the DA heads off; it gives the same detections (the heads are not used at inference). Keys may carry
+    DDP's ``module.`` prefix. A detectron2 checkpoint is ``{"model": state_dict, ...}``: pass
+    ``ckpt["model"]``.
+    """
+    out = OrderedDict()
+    for k, v in state_dict.items():
+        parts = k.split(".")
+        first = parts[1] if parts[0] == "module" and len(parts) > 1 else parts[0]
+        if first not in DA_HEAD_ATTRS:
+            out[k] = v
+    return out
+
+
+def _roi_heads_kind(roi_heads: nn.Module) -> str:
+    """"standard" or "res5", or a clear error: the instance-level head needs one known box pathway."""
+    predictor = getattr(roi_heads, "box_predictor", None)
+    single_predictor = isinstance(predictor, nn.Module) and not isinstance(predictor, (nn.ModuleList, nn.ModuleDict))
+    if single_predictor and isinstance(roi_heads, StandardROIHeads) and isinstance(
+        getattr(roi_heads, "box_pooler", None), nn.Module
+    ):
+        return "standard"
+    if single_predictor and isinstance(roi_heads, Res5ROIHeads):
+        return "res5"
+    raise TypeError(
+        "MODEL.DA_HEADS.INS_ENABLED needs ROI heads whose box features it can read: StandardROIHeads or "
+        "Res5ROIHeads (or a subclass) with one box_predictor; got "
+        f"{type(roi_heads).__name__} (MODEL.ROI_HEADS.NAME). Turn INS_ENABLED off or use one of those."
+    )
+
+
+def roi_box_feature_dim(roi_heads: nn.Module) -> int:
+    """D of the per-ROI box feature that ``roi_heads.box_predictor`` receives (the instance head's input)."""
+    kind = _roi_heads_kind(roi_heads)
+    cls_score = getattr(roi_heads.box_predictor, "cls_score", None)
+    if isinstance(cls_score, nn.Linear):  # FastRCNNOutputLayers and look-alikes
+        return cls_score.in_features
+    if kind == "standard":
+        shape = roi_heads.box_head.output_shape
+        return shape.channels * (shape.height or 1) * (shape.width or 1)
+    return roi_heads.res5[-1].out_channels
+
+
+class _ForwardRecorder:
+    """Capture buffer for the source pass, fed by hooks registered once at model construction.
+
+    It records only inside :meth:`recording` (one ``GeneralizedRCNN.forward`` call) and only the first
+    call of each hooked module there; outside it the hooks do nothing, so inference and the target
+    pass are unaffected. Hooks are bound methods of this object, so ``copy.deepcopy(model)`` rebinds them
+    to the copy's recorder. Every hook returns None, so it never replaces a module's inputs or outputs.
+    """
+
+    def __init__(self):
+        self._record: Optional[dict] = None
+
+    @contextlib.contextmanager
+    def recording(self):
+        if self._record is not None:
+            raise RuntimeError("DomainAdaptiveRCNN: nested training forward on the same model")
+        self._record = {}
+        try:
+            yield self._record
+        finally:
+            self._record = None  # no state kept across forwards, also after an exception
+
+    def backbone_output(self, module, inputs, output):
+        if self._record is not None:
+            self._record.setdefault("features", output)
+
+    def pooler_input(self, module, args, kwargs):
+        if self._record is not None and "roi_counts" not in self._record:
+            box_lists = args[1] if len(args) > 1 else kwargs["box_lists"]
+            self._record["roi_counts"] = [len(b) for b in box_lists]
+
+    def box_predictor_input(self, module, args, kwargs):
+        if self._record is not None and "roi_features" not in self._record:
+            x = args[0] if args else next(iter(kwargs.values()))
+            self._record["roi_features"] = x.flatten(1)
+
+
+@contextlib.contextmanager
+def _inference_mode_flag(module: nn.Module):
+    """Set only ``module.training`` to False (children untouched), restoring it afterwards.
+
+    detectron2's RPN branches on its own ``training`` flag (losses, pre/post-NMS top-k); its children
+    have no train/eval-dependent layers, and leaving them alone keeps any BN/dropout behaviour as is.
+    """
+    was = module.training
+    module.training = False
+    try:
+        yield
+    finally:
+        module.training = was
+
+
+@META_ARCH_REGISTRY.register()
+class DomainAdaptiveRCNN(GeneralizedRCNN):
+    """GeneralizedRCNN + image-level / instance-level domain discriminators (+ consistency).
+
+    ``forward(batched_inputs, target_inputs=None)``:
+
+    * eval mode: exactly :meth:`GeneralizedRCNN.forward` (inference on ``batched_inputs``;
+      ``target_inputs`` ignored).
+    * training, ``target_inputs is None`` or no alignment enabled: exactly GeneralizedRCNN's detection
+      losses on ``batched_inputs`` (the MetaAlign step's det-only evaluation at theta').
+    * training with ``target_inputs`` (a list of dicts with "image", of any length and image sizes):
+      detection losses on the source plus the enabled ``loss_da_*`` (see the module docstring), each
+      already multiplied by its weight.
+
+    Every trainable parameter gets a gradient from the sum of that dict (DDP needs it): the backbone and
+    detector from the source detection losses, each head from its own loss (empty inputs give a zero
+    loss that stays in the graph).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        img_da_head: Optional[nn.Module] = None,
+        img_in_features: Sequence[str] = ("res4",),
+        img_loss: str = "bce",
+        img_focal_gamma: float = 5.0,
+        img_loss_weight: float = 1.0,
+        ins_da_head: Optional[nn.Module] = None,
+        ins_loss_weight: float = 1.0,
+        ins_target_proposals: int = 128,
+        cst_weight: float = 0.0,
+        **kwargs,
+    ):
+        """
+        Args:
+            img_da_head: image-level discriminator (None = off); called on the list of
+                ``img_in_features`` maps, returns a list of (N, 1, H, W) logits.
+            img_in_features: backbone outputs it reads (validated against the backbone).
+            img_loss: "bce" or "focal"; img_focal_gamma: the focal exponent.
+            img_loss_weight, ins_loss_weight, cst_weight: multipliers of loss_da_img / _ins / _cst
+                (``cst_weight`` 0 = no consistency loss; > 0 needs both heads).
+            ins_da_head: instance-level discriminator (None = off); (R, D) -> (R, 1).
+            ins_target_proposals: top-N RPN proposals per target image fed to it.
+            kwargs: GeneralizedRCNN's arguments (backbone, proposal_generator, roi_heads, pixel_mean, ...).
+        """
+        super().__init__(**kwargs)
+        if img_loss not in ("bce", "focal"):
+            raise ValueError(f"MODEL.DA_HEADS.IMG_LOSS must be 'bce' or 'focal', got {img_loss!r}")
+        if cst_weight < 0 or (cst_weight > 0 and (img_da_head is None or ins_da_head is None)):
+            raise ValueError(
+                f"MODEL.DA_HEADS.CST_WEIGHT = {cst_weight}: the consistency loss compares the image-level and "
+                "instance-level heads, so a positive weight needs IMG_ENABLED and INS_ENABLED (0 = off)"
+            )
+        if ins_da_head is not None and ins_target_proposals < 1:
+            raise ValueError(f"MODEL.DA_HEADS.INS_TARGET_PROPOSALS must be >= 1, got {ins_target_proposals}")
+        self.img_in_features = list(img_in_features)
+        if img_da_head is not None:
+            select_feature_shapes(self.img_in_features, self.backbone.output_shape())
+        self._roi_kind = None
+        if ins_da_head is not None:
+            self._roi_kind = _roi_heads_kind(self.roi_heads)
+            if self.proposal_generator is None:
+                raise ValueError(
+                    "MODEL.DA_HEADS.INS_ENABLED needs a proposal generator (RPN) to propose target ROIs"
+                )
+        self.da_img_head = img_da_head
+        self.da_ins_head = ins_da_head
+        self.img_loss = img_loss
+        self.img_focal_gamma = float(img_focal_gamma)
+        self.img_loss_weight = float(img_loss_weight)
+        self.ins_loss_weight = float(ins_loss_weight)
+        self.ins_target_proposals = int(ins_target_proposals)
+        self.cst_weight = float(cst_weight)
+
+        # hooks are registered once here (not per forward) so they compose with functional_call,
+        # deepcopy and DDP; they record only inside _ForwardRecorder.recording()
+        self._recorder = _ForwardRecorder()
+        if img_da_head is not None:
+            self.backbone.register_forward_hook(self._recorder.backbone_output)
+        if ins_da_head is not None:
+            pooler = self.roi_heads.box_pooler if self._roi_kind == "standard" else self.roi_heads.pooler
+            pooler.register_forward_pre_hook(self._recorder.pooler_input, with_kwargs=True)
+            self.roi_heads.box_predictor.register_forward_pre_hook(
+                self._recorder.box_predictor_input, with_kwargs=True
+            )
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        da = cfg.MODEL.DA_HEADS
+        if da.IMG_ENABLED:
+            # validate the names first: one clear error instead of a KeyError deep inside a head
+            shapes = ret["backbone"].output_shape()
+            select_feature_shapes(da.IMG_IN_FEATURES, shapes)
+            ret["img_da_head"] = build_img_da_head(cfg, shapes)
+        if da.INS_ENABLED:
+            ret["ins_da_head"] = build_ins_da_head(cfg, roi_box_feature_dim(ret["roi_heads"]))
+        ret.update(
+            img_in_features=list(da.IMG_IN_FEATURES),
+            img_loss=da.IMG_LOSS,
+            img_focal_gamma=da.IMG_FOCAL_GAMMA,
+            img_loss_weight=da.IMG_LOSS_WEIGHT,
+            ins_loss_weight=da.INS_LOSS_WEIGHT,
+            ins_target_proposals=da.INS_TARGET_PROPOSALS,
+            cst_weight=da.CST_WEIGHT,
+        )
+        return ret
+
+    # ---- public helpers -----------------------------------------------------------------------------
+    ALIGN_LOSS_KEYS = ALIGN_LOSS_KEYS
+    split_losses = staticmethod(split_losses)
+    strip_da_heads = staticmethod(strip_da_heads)
+
+    @property
+    def alignment_enabled(self) -> bool:
+        """True when at least one discriminator head exists (a target batch then adds loss_da_*)."""
+        return self.da_img_head is not None or self.da_ins_head is not None
+
+    # ---- forward --------------------------------------------------------------------------------------
+    def forward(
+        self,
+        batched_inputs: List[Dict[str, torch.Tensor]],
+        target_inputs: Optional[List[Dict[str, torch.Tensor]]] = None,
+    ):
+        """
+        Args:
+            batched_inputs: source batch, detectron2's format (list of dicts with "image" (C, H, W) in
+                0-255 and, in training, "instances").
+            target_inputs: unlabelled target batch (list of dicts with "image"; other keys ignored), or
+                None for a source-only / detection-only step.
+
+        Returns:
+            eval: list of dicts with "instances" (GeneralizedRCNN inference on ``batched_inputs``).
+            training: dict name -> scalar loss tensor (see the class docstring).
+        """
+        if not self.training or target_inputs is None or not self.alignment_enabled:
+            return super().forward(batched_inputs)
+        if len(target_inputs) == 0:
+            raise ValueError("target_inputs is an empty list: pass None for a step without a target batch")
+
+        with self._recorder.recording() as record:
+            losses = super().forward(batched_inputs)
+            source = dict(record)
+        target = self._target_features(target_inputs)
+        losses.update(self._alignment_losses(source, target))
+        return losses
+
+    def _target_features(self, target_inputs: List[Dict[str, torch.Tensor]]) -> dict:
+        """Backbone features (and, for the instance head, top-N proposal box features) of the target batch."""
+        images = self.preprocess_image(target_inputs)  # reads only x["image"]
+        features = self.backbone(images.tensor)
+        out = {"features": features}
+        if self.da_ins_head is not None:
+            # proposals are detached by the RPN anyway; no_grad also drops the target RPN head's graph
+            with torch.no_grad(), _inference_mode_flag(self.proposal_generator):
+                proposals, _ = self.proposal_generator(images, features, None)
+            boxes = []
+            for p in proposals:
+                k = min(self.ins_target_proposals, len(p))
+                boxes.append(p.proposal_boxes[p.objectness_logits.topk(k).indices])
+            out["roi_counts"] = [len(b) for b in boxes]
+            out["roi_features"] = self._roi_box_features(features, boxes)
+        return out
+
+    def _roi_box_features(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> torch.Tensor:
+        """(R, D) box features of ``boxes`` through the ROI heads' own pooler/head: what box_predictor sees."""
+        rh = self.roi_heads
+        if self._roi_kind == "standard":
+            x = rh.box_pooler([features[f] for f in rh.box_in_features], boxes)
+            x = rh.box_head(x)
+        else:  # "res5": Res5ROIHeads averages the res5 output over space before its box predictor
+            x = rh.res5(rh.pooler([features[f] for f in rh.in_features], boxes)).mean(dim=[2, 3])
+        return x.flatten(1)
+
+    def _img_domain_loss(self, logits: List[torch.Tensor], domain: int) -> torch.Tensor:
+        if self.img_loss == "focal":
+            per_level = [domain_focal(z, domain, self.img_focal_gamma) for z in logits]
+        else:
+            per_level = [domain_bce(z, domain) for z in logits]
+        return torch.stack(per_level).mean()
+
+    def _alignment_losses(self, source: dict, target: dict) -> Dict[str, torch.Tensor]:
+        losses = {}
+        domains = ((source, SOURCE_LABEL), (target, TARGET_LABEL))
+        if self.da_img_head is not None:
+            per_domain = []
+            for feats, label in domains:
+                levels = [feats["features"][f] for f in self.img_in_features]
+                per_domain.append(self._img_domain_loss(self.da_img_head(levels), label))
+            losses["loss_da_img"] = self.img_loss_weight * 0.5 * (per_domain[0] + per_domain[1])
+        if self.da_ins_head is not None:
+            per_domain = [domain_bce(self.da_ins_head(feats["roi_features"]), label) for feats, label in domains]
+            losses["loss_da_ins"] = self.ins_loss_weight * 0.5 * (per_domain[0] + per_domain[1])
+        if self.cst_weight > 0:
+            per_domain = [self._consistency(feats) for feats, _ in domains]
+            losses["loss_da_cst"] = self.cst_weight * 0.5 * (per_domain[0] + per_domain[1])
+        return losses
+
+    def _consistency(self, feats: dict) -> torch.Tensor:
+        """DA-Faster's consistency term on one domain's batch.
+
+        A second pass through both heads with ``reverse_gradient=False``: as in DA-Faster's reference
+        implementation, the features in front of the heads are pulled towards consistency (gradient
+        scaled by +lambda, not reversed), while the adversarial passes above stay reversed.
+        """
+        levels = [feats["features"][f] for f in self.img_in_features]
+        img_probs = [z.sigmoid() for z in self.da_img_head(levels, reverse_gradient=False)]
+        ins_probs = self.da_ins_head(feats["roi_features"], reverse_gradient=False).sigmoid()
+        counts = torch.as_tensor(feats["roi_counts"], device=ins_probs.device)
+        image_index = torch.repeat_interleave(torch.arange(len(counts), device=ins_probs.device), counts)
+        return consistency_loss(img_probs, ins_probs, image_index)

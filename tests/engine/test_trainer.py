@@ -1,0 +1,167 @@
+"""MetaAlignTrainer end to end on a toy pair: metrics, modes, directions, resume, AMP, errors."""
+import json
+import os
+
+import pytest
+import torch
+from detectron2.engine import HookBase
+
+from tests.engine.helpers import build_trainer, one_step, quick_cfg, train
+from metaalign_det.engine import MetaAlignTrainer
+
+
+def _metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_joint_da_writes_alignment_losses(tmp_path):
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "SOLVER.MAX_ITER", "2",
+                    "META.JOINT_GRAD_COS_PERIOD", "1")
+    train(cfg)
+    rows = _metrics(tmp_path / "out")
+    keys = set().union(*rows)
+    for k in ("loss_da_img", "loss_da_ins", "loss_da_cst", "loss_cls", "loss_box_reg", "loss_rpn_cls",
+              "meta/grad_cos", "meta/align_grad_norm", "meta/det_grad_norm", "meta/inner_lr"):
+        assert k in keys, k
+    assert os.path.exists(tmp_path / "out" / "model_final.pth")
+    assert all(abs(r["meta/grad_cos"]) <= 1 for r in rows if "meta/grad_cos" in r)
+
+
+@pytest.mark.parametrize("mode", ["first_order", "second_order"])
+def test_meta_modes_train_and_log(tmp_path, mode):
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "META.MODE", mode, "SOLVER.MAX_ITER", "2",
+                    "META.DIRECTION", "alternate")
+    trainer = train(cfg)
+    rows = [r for r in _metrics(tmp_path / "out") if "meta/inner_lr" in r]
+    assert len(rows) == 2
+    for r in rows:
+        for k in ("meta/grad_cos", "meta/align_grad_norm", "meta/det_grad_norm", "loss_da_img"):
+            assert k in r and r[k] == r[k], (k, r)
+        # alpha = INNER_LR_SCALE x the lr of that step
+        assert r["meta/inner_lr"] == pytest.approx(10.0 * r["lr"], rel=1e-6)
+    # "alternate": align_first on even iterations, det_first on odd ones
+    assert [r["meta/direction_is_align_first"] for r in rows] == [1.0, 0.0]
+    if mode == "second_order":  # roi_align has no double backward: the auto HVP fell back and remembers
+        assert set(trainer._trainer._hvp_known.values()) == {"finite_difference"}
+
+
+def test_meta_step_changes_the_update(tmp_path):
+    """first_order with alpha > 0 differs from the joint step; with alpha = 0 it equals it exactly."""
+    results = {}
+    for name, opts in {"joint": ["META.MODE", "none"],
+                       "fo0": ["META.MODE", "first_order", "META.INNER_LR_SCALE", "0.0"],
+                       "fo": ["META.MODE", "first_order", "META.INNER_LR_SCALE", "100000.0"]}.items():
+        cfg = quick_cfg(tmp_path / "data", tmp_path / name, *opts, "META.JOINT_GRAD_COS_PERIOD", "0")
+        trainer = build_trainer(cfg)
+        one_step(trainer)
+        results[name] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    diff = lambda a, b: max((results[a][k] - results[b][k]).abs().max().item() for k in results[a])  # noqa
+    assert diff("joint", "fo0") < 1e-6
+    assert diff("joint", "fo") > 1e-6
+
+
+class _Crash(HookBase):
+    def __init__(self, at):
+        self.at = at
+
+    def before_step(self):
+        if self.trainer.iter == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+@pytest.mark.parametrize("mode", ["none", "first_order"])
+def test_kill_and_resume_gives_same_weights(tmp_path, mode):
+    opts = ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "META.MODE", mode,
+            "META.JOINT_GRAD_COS_PERIOD", "0"]
+    straight = train(quick_cfg(tmp_path / "data", tmp_path / "a", *opts))
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "b", *opts)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, hooks=[_Crash(2)])
+    assert (tmp_path / "b" / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert not list((tmp_path / "b").glob("*.tmp"))  # atomic writes leave no temp files behind
+    resumed = train(cfg, resume=True)
+    assert resumed.start_iter == 2
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("mode", ["none", "first_order", "second_order"])
+def test_bf16_autocast_on_cpu(tmp_path, mode):
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "SOLVER.AMP.ENABLED", "True",
+                    "SOLVER.AMP.DTYPE", "bfloat16", "META.MODE", mode)
+    trainer = MetaAlignTrainer(cfg)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    storage = one_step(trainer)
+    latest = {k: v[0] for k, v in storage.latest().items()}
+    for k in ("loss_cls", "loss_da_img", "loss_da_ins"):
+        assert torch.isfinite(torch.tensor(latest[k])), (k, latest[k])
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path):
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "SOLVER.AMP.ENABLED", "True")
+    with pytest.raises(ValueError, match="SOLVER.AMP.DTYPE 'float16' needs a CUDA device"):
+        MetaAlignTrainer(cfg)
+
+
+def test_non_finite_gradient_stops_before_the_update(tmp_path):
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "META.MODE", "first_order")
+    trainer = MetaAlignTrainer(cfg)
+    trainer.checkpointer.save("model_last_good")
+    name, param = next((n, p) for n, p in trainer.model.named_parameters() if "da_img" in n or "img" in n)
+    with torch.no_grad():
+        param.view(-1)[0] = float("nan")
+    snapshot = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="non-finite MetaAlign gradient at iteration 0.*intact"):
+        one_step(trainer)
+    after = trainer.model.state_dict()
+    assert all(torch.equal(snapshot[k], after[k]) or k == name for k in snapshot)  # no optimizer step
+    ckpt = torch.load(tmp_path / "out" / "model_last_good.pth", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_meta_params_restrict_fast_weights(tmp_path):
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "META.MODE", "first_order",
+                    "META.PARAMS", "['roi_heads\\.']")
+    trainer = MetaAlignTrainer(cfg)
+    fast = trainer._trainer.fast
+    assert fast and all(n.startswith("roi_heads.") for n in fast)
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    one_step(trainer)
+    # every trainable parameter still gets updated (backbone included), not only the fast ones
+    moved = {k for k, v in trainer.model.named_parameters() if not torch.equal(before[k], v)}
+    assert any(k.startswith("backbone.") for k in moved) and any(k.startswith("roi_heads.") for k in moved)
+
+
+@pytest.mark.parametrize("opts,match", [
+    (["DATASETS.TRAIN_TARGET", "()"], "DATASETS.TRAIN_TARGET is empty but MODEL.DA_HEADS is enabled"),
+    (["DATASETS.TRAIN_TARGET", "('no_such_set',)"], "DATASETS.TRAIN_TARGET: dataset 'no_such_set' is not registered"),
+    (["MODEL.ROI_HEADS.NUM_CLASSES", "5"], "NUM_CLASSES is 5 but DATASETS.TRAIN"),
+    (["META.MODE", "third_order"], "META.MODE must be one of"),
+    (["META.MODE", "first_order", "MODEL.DA_HEADS.IMG_ENABLED", "False", "MODEL.DA_HEADS.INS_ENABLED", "False"],
+     "needs an alignment loss"),
+    (["META.PARAMS", "['nothing_matches_this']"], "nothing_matches_this"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, opts, match):
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", *opts)
+    with pytest.raises(ValueError, match=match):
+        MetaAlignTrainer(cfg)
+
+
+def test_unknown_image_feature_is_a_clear_error(tmp_path):
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "MODEL.DA_HEADS.IMG_IN_FEATURES", "['res9']")
+    with pytest.raises((ValueError, KeyError), match="res9"):
+        MetaAlignTrainer(cfg)
+
+
+def test_target_classes_must_match_source(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    DatasetCatalog.register("toy_other_classes", lambda: [])
+    MetadataCatalog.get("toy_other_classes").thing_classes = ["car", "bus"]
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "DATASETS.TRAIN_TARGET", "('toy_other_classes',)")
+    with pytest.raises(ValueError, match=r"class lists differ: DATASETS.TRAIN .* DATASETS.TRAIN_TARGET .*'car', 'bus'"):
+        MetaAlignTrainer(cfg)

@@ -112,7 +112,8 @@ class LossEvaluator:
     def _total(losses, like):
         if not losses:
             return torch.zeros((), device=like.device)
-        return sum(v.float() for v in losses.values())
+        # half-precision losses (autocast) are summed in fp32; fp32/fp64 ones keep their dtype
+        return sum(v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for v in losses.values())
 
     def align_loss(self, p):
         ref = next(iter(p.values()))

@@ -103,12 +103,13 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--source", type=int, default=2, help="source images per step")
     p.add_argument("--target", type=int, default=2, help="target images per step")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image size (default by preset)")
     p.add_argument("--variants", default="", help="comma-separated subset of the variant names")
     p.add_argument("--output", help="also write the Markdown table here")
     args = p.parse_args()
     preset = args.preset or ("gpu" if args.device.startswith("cuda") else "cpu")
     cfg = preset_cfg(preset, args.device)
-    h, w = (600, 1200) if preset == "gpu" else (128, 256)
+    h, w = args.size or ((600, 1200) if preset == "gpu" else (128, 256))
     torch.manual_seed(0)
     base = build_model(cfg)
     nc = cfg.MODEL.ROI_HEADS.NUM_CLASSES
@@ -121,7 +122,12 @@ def main():
         names = [n for n in names if n in args.variants.split(",")]
     results = {}
     for n in names:
-        results[n] = run_variant(n, cfg, base, source, target, args)
+        try:
+            results[n] = run_variant(n, cfg, base, source, target, args)
+        except FloatingPointError as e:  # one diverging variant must not lose the others' figures
+            print(f"{n}: diverged ({str(e).splitlines()[0][:120]})", flush=True)
+            results[n] = (float("nan"), float("nan"))
+            continue
         print(f"{n}: {results[n][0]:.1f} ms, peak {results[n][1]:.2f} GiB", flush=True)
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     ref = results.get("DA joint", (float("nan"),))[0]

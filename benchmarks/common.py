@@ -17,7 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def preset_cfg(preset, device, extra=()):
     """``gpu``: R50-C4 DA-Faster at 600x1200 (DESIGN §7 anchors); ``cpu``: the quick R18-FPN schedule."""
     if preset == "gpu":
-        opts = ["MODEL.RESNETS.DEPTH", "50", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", "8"]
+        # Random weights (nothing can be downloaded): an untrained R50 with FrozenBN has losses in the
+        # thousands and diverges under any update, so the weights stay fixed (lr 0, hence alpha 0). Every
+        # step still runs the full computation of its mode, so the timing is that of a real step.
+        opts = ["MODEL.RESNETS.DEPTH", "50", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", "8",
+                "SOLVER.BASE_LR", "0.0"]
         cfg = setup_cfg(os.path.join(ROOT, "configs", "Base-DA-RCNN-C4.yaml"), opts + list(extra) +
                         ["MODEL.DEVICE", device], freeze=False)
     else:

@@ -84,6 +84,7 @@ def run(variant, args):
         "DATASETS.TRAIN", "('tp_source',)", "DATASETS.TRAIN_TARGET", "('tp_target',)",
         "DATALOADER.NUM_WORKERS", str(args.workers), "META.MODE", mode, "META.JOINT_GRAD_COS_PERIOD", "0",
         "SOLVER.AMP.ENABLED", str(amp), "SOLVER.AMP.DTYPE", "bfloat16", "SEED", "0",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "8",
     ])
     torch.manual_seed(0)
     model = build_model(cfg)

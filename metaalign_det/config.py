@@ -98,4 +98,6 @@ def add_metaalign_config(cfg):
     _C.TEST.AP_METRIC = "coco101"
     # IoU threshold of that AP.
     _C.TEST.AP_IOU = 0.5
+    # Also report COCO AP@[.5:.95] through pycocotools (slower; for users who want the COCO numbers).
+    _C.TEST.AP_COCO = False
     return cfg

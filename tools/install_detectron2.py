@@ -123,6 +123,7 @@ def build_wheel(sdist_path, out_dir):
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, files[name])
+    os.chmod(tmp, 0o644)
     os.replace(tmp, final)  # atomic: a half-written wheel is never left under the final name
     return final
 

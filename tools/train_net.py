@@ -18,6 +18,7 @@ import metaalign_det  # noqa: E402  (applies compat before detectron2 is importe
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from metaalign_det.engine import MetaAlignTrainer  # noqa: E402
 from metaalign_det.engine.setup import setup_cfg  # noqa: E402
@@ -29,6 +30,7 @@ def setup(args):
     """cfg from the file + overrides, manifests registered, detectron2's default_setup (logging, seed)."""
     cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="metaalign_det")
     metaalign_det.compat.log_applied()
     return cfg
 

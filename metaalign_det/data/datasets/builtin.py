@@ -1,0 +1,144 @@
+"""Builtin datasets at fixed paths under the datasets root, registered when this module is imported.
+
+The root is ``$DETECTRON2_DATASETS`` (default ``datasets/``, relative to the working directory), as for
+detectron2's own builtin datasets. Registering reads no file: each name is bound to a loader (paths bound
+as lambda default arguments) that lists the tree, converts annotations through the COCO-JSON cache and
+checks images only when ``DatasetCatalog.get(name)`` is called. Expected trees: ``datasets/README.md``.
+
+Names (metadata: ``thing_classes``, ``evaluator_type``, ``protocol``, ``domain``, ``fog_beta``, ``split``):
+
+* ``cityscapes_det_{train,val}``: Cityscapes (clear), 8 classes: source / oracle;
+* ``foggy_cityscapes_det_{train,val}_beta{0.02,0.01,0.005}``: Foggy Cityscapes, one beta
+  (0.02 alone is the DA-Faster / SWDA / MIC protocol);
+* ``foggy_cityscapes_det_{train,val}_allbeta``: Foggy Cityscapes, all three betas (the AT / ALDI protocol);
+* ``cityscapes_car_{train,val}``: Cityscapes, car only (target / test of Sim10k -> Cityscapes);
+* ``sim10k_car_trainval``: Sim10k, car only (source);
+* ``synthetic_{clear,foggy}_{train,val}``: the embedded demo pair (generated on first load).
+"""
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .cityscapes_foggy import CITYSCAPES_THING_CLASSES, FOGGY_BETAS, load_cityscapes_detection
+from .sim10k import load_sim10k_car
+from .synthetic import SYNTHETIC_CLASSES, load_synthetic
+
+__all__ = [
+    "datasets_root",
+    "register_all_builtin",
+    "register_all_cityscapes",
+    "register_all_sim10k",
+    "register_all_synthetic",
+    "CITYSCAPES_SPLITS",
+    "SIM10K_SPLITS",
+    "SYNTHETIC_SPLITS",
+]
+
+_EVALUATOR_TYPE = "coco"  # box AP50 in pycocotools' convention (the project evaluator's default, coco101)
+
+# name -> (split, fog betas (None = clear images), classes)
+CITYSCAPES_SPLITS = {
+    "cityscapes_det_train": ("train", None, CITYSCAPES_THING_CLASSES),
+    "cityscapes_det_val": ("val", None, CITYSCAPES_THING_CLASSES),
+    "cityscapes_car_train": ("train", None, ("car",)),
+    "cityscapes_car_val": ("val", None, ("car",)),
+}
+for _split in ("train", "val"):
+    for _beta in FOGGY_BETAS:
+        CITYSCAPES_SPLITS[f"foggy_cityscapes_det_{_split}_beta{_beta}"] = (_split, (_beta,), CITYSCAPES_THING_CLASSES)
+    CITYSCAPES_SPLITS[f"foggy_cityscapes_det_{_split}_allbeta"] = (_split, FOGGY_BETAS, CITYSCAPES_THING_CLASSES)
+
+# name -> (VOC image-set list name, classes)
+SIM10K_SPLITS = {"sim10k_car_trainval": ("trainval", ("car",))}
+
+# name -> (domain, split)
+SYNTHETIC_SPLITS = {
+    f"synthetic_{domain}_{split}": (domain, split) for domain in ("clear", "foggy") for split in ("train", "val")
+}
+
+
+def datasets_root():
+    """``$DETECTRON2_DATASETS`` or ``datasets`` (user-expanded), read when called."""
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def _register(name, loader, metadata, overwrite):
+    if name in DatasetCatalog.list():
+        if not overwrite:
+            raise ValueError(f"dataset {name!r} is already registered (pass overwrite=True to re-bind it)")
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
+
+
+def _cityscapes_protocol(split, betas, classes):
+    what = "car only" if tuple(classes) == ("car",) else f"{len(classes)} classes"
+    boxes = "boxes = visible extent of gtFine instance masks, crowd regions iscrowd=1 (ignored)"
+    if betas is None:
+        return f"Cityscapes {split} (clear leftImg8bit), {what}; {boxes}"
+    if len(betas) == 1:
+        note = " (the DA-Faster/SWDA/MIC protocol)" if betas[0] == "0.02" else ""
+        return f"Foggy Cityscapes {split}, beta={betas[0]} only{note}, {what}; {boxes}"
+    return (f"Foggy Cityscapes {split}, all three betas {'/'.join(betas)} (the AT/ALDI protocol: 3 images per "
+            f"scene), {what}; {boxes}")
+
+
+def register_all_cityscapes(root, overwrite=False):
+    cs_root = os.path.join(root, "cityscapes")
+    for name, (split, betas, classes) in CITYSCAPES_SPLITS.items():
+        _register(
+            name,
+            lambda cs_root=cs_root, split=split, betas=betas, classes=classes: load_cityscapes_detection(
+                cs_root, split, fog_betas=betas, classes=classes),
+            dict(thing_classes=list(classes), evaluator_type=_EVALUATOR_TYPE,
+                 protocol=_cityscapes_protocol(split, betas, classes),
+                 domain="cityscapes" if betas is None else "foggy_cityscapes",
+                 fog_beta=None if betas is None else ("all" if len(betas) > 1 else betas[0]),
+                 split=split, dataset_root=cs_root),
+            overwrite,
+        )
+
+
+def register_all_sim10k(root, overwrite=False):
+    voc_root = os.path.join(root, "sim10k", "VOC2012")
+    for name, (split, classes) in SIM10K_SPLITS.items():
+        _register(
+            name,
+            lambda voc_root=voc_root, split=split: load_sim10k_car(voc_root, split),
+            dict(thing_classes=list(classes), evaluator_type=_EVALUATOR_TYPE,
+                 protocol=f"Sim10k {split} (VOC XML), car only; other classes dropped; difficult flag kept",
+                 domain="sim10k", split=split, dataset_root=voc_root),
+            overwrite,
+        )
+
+
+def register_all_synthetic(root, overwrite=False):
+    for name, (domain, split) in SYNTHETIC_SPLITS.items():
+        _register(
+            name,
+            lambda root=root, domain=domain, split=split: load_synthetic(root, domain, split),
+            dict(thing_classes=list(SYNTHETIC_CLASSES), evaluator_type=_EVALUATOR_TYPE,
+                 protocol=(f"embedded demo pair, {domain} {split} (generated, seeded; "
+                           f"{'source domain' if domain == 'clear' else 'target domain: fog + cast + blur + noise'})"),
+                 domain=f"synthetic_{domain}", split=split,
+                 dataset_root=os.path.join(root, "synthetic_pair")),
+            overwrite,
+        )
+
+
+def register_all_builtin(root=None, overwrite=False):
+    """Register every builtin name under ``root`` (default :func:`datasets_root`); reads no file.
+
+    ``overwrite=True`` re-binds names already registered (tests and tools use it to point the builtin names
+    at another root).
+    """
+    root = datasets_root() if root is None else os.path.expanduser(root)
+    register_all_cityscapes(root, overwrite)
+    register_all_sim10k(root, overwrite)
+    register_all_synthetic(root, overwrite)
+
+
+if __name__.endswith(".builtin"):
+    # Registered at import, like detectron2's builtin datasets (a __main__ run would double-register).
+    register_all_builtin()

@@ -1,0 +1,1 @@
+"""Tests of metaalign_det.data: tiny generated dataset trees, no downloads."""

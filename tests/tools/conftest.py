@@ -1,0 +1,116 @@
+"""Fixtures for the tool tests: a tiny GeneralizedRCNN (R18-FPN) config as YAML, a checkpoint of it, and a
+toy COCO dataset (JSON + PNGs) that the tools register with ``--coco-json``. Session-scoped: built once."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import metaalign_det  # noqa: F401  (compat before detectron2)
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from metaalign_det.config import add_metaalign_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOY_CLASSES = ["car", "person"]
+TOY_HW = (48, 64)
+TOY_GT_PER_CLASS = [2, 1]  # per image: two cars, one person -> num_gt over 3 images: [6, 3]
+TOY_IMAGES = 3
+
+
+def tiny_cfg():
+    """GeneralizedRCNN, R18-FPN with 32 FPN channels, 2-FC box head of 32, 2 classes, 64 px test images."""
+    cfg = add_metaalign_config(get_cfg())
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 32
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32], [64], [128], [256]]
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 30
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(TOY_CLASSES)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 32
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+    cfg.INPUT.MIN_SIZE_TEST = 48
+    cfg.INPUT.MAX_SIZE_TEST = 96
+    cfg.TEST.DETECTIONS_PER_IMAGE = 20
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATASETS.TEST = ()
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory):
+    """(config YAML, checkpoint .pth, checkpoint with a 3-class box predictor) paths."""
+    root = tmp_path_factory.mktemp("tiny_model")
+    cfg = tiny_cfg()
+    yaml_path = root / "tiny.yaml"
+    yaml_path.write_text(cfg.dump())
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    state = model.state_dict()
+    ckpt = root / "model.pth"
+    torch.save({"model": state, "iteration": 10}, ckpt)
+    bad = dict(state)
+    fc = cfg.MODEL.ROI_BOX_HEAD.FC_DIM
+    bad["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(4, fc)  # 3 classes + background
+    bad["roi_heads.box_predictor.cls_score.bias"] = torch.zeros(4)
+    bad["roi_heads.box_predictor.bbox_pred.weight"] = torch.zeros(12, fc)
+    bad["roi_heads.box_predictor.bbox_pred.bias"] = torch.zeros(12)
+    bad_ckpt = root / "model_3cls.pth"
+    torch.save({"model": bad}, bad_ckpt)
+    return str(yaml_path), str(ckpt), str(bad_ckpt)
+
+
+@pytest.fixture(scope="session")
+def toy_coco(tmp_path_factory):
+    """(JSON path, image root) of TOY_IMAGES images of TOY_HW with TOY_GT_PER_CLASS boxes each."""
+    root = tmp_path_factory.mktemp("toy_coco")
+    rng = np.random.default_rng(0)
+    h, w = TOY_HW
+    images, anns = [], []
+    for i in range(TOY_IMAGES):
+        img = rng.integers(40, 200, size=(h, w, 3), dtype=np.uint8)
+        for c, n in enumerate(TOY_GT_PER_CLASS):
+            for k in range(n):
+                x, y = 4 + 20 * k + 30 * c, 6 + 8 * c
+                img[y : y + 14, x : x + 12] = (200, 30, 30) if c == 0 else (30, 30, 200)
+                anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=c + 1, bbox=[x, y, 12, 14],
+                                 area=168, iscrowd=0))
+        Image.fromarray(img).save(root / f"im{i}.png")
+        images.append(dict(id=i + 1, file_name=f"im{i}.png", height=h, width=w))
+    cats = [dict(id=c + 1, name=n) for c, n in enumerate(TOY_CLASSES)]
+    path = root / "toy.json"
+    path.write_text(json.dumps(dict(images=images, annotations=anns, categories=cats)))
+    return str(path), str(root)
+
+
+def run_tool(script, *args, timeout=300):
+    """Run ``tools/<script>`` in a fresh interpreter from the repository root; returns CompletedProcess."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", script), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def last_stderr_line(proc):
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""

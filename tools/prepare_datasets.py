@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Check dataset trees, convert their annotations once into the COCO-JSON caches, report counts.
+
+    python tools/prepare_datasets.py                      # all: cityscapes foggy sim10k synthetic
+    python tools/prepare_datasets.py cityscapes foggy     # some
+    python tools/prepare_datasets.py synthetic            # generate the demo pair (what `make demo` needs)
+    options: --root DIR (default $DETECTRON2_DATASETS or datasets/), --check (report only, convert nothing),
+             --workers N (mask decoding processes), --rebuild (drop the caches first),
+             --make-list (Sim10k: write ImageSets/Main/trainval.txt from Annotations/*.xml when absent)
+
+For each dataset: what is missing, and which archive it comes from; then the conversion (progress bar) and a
+table of images and boxes per registered name and class, i.e. exactly what DatasetCatalog.get returns.
+Exit status 0 when every requested dataset is ready, 1 otherwise. Expected trees: datasets/README.md.
+"""
+import argparse
+import glob
+import logging
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import metaalign_det  # noqa: E402,F401  (compat before detectron2)
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+
+from metaalign_det.data.datasets import builtin  # noqa: E402
+from metaalign_det.data.datasets.cityscapes_foggy import (  # noqa: E402
+    ARCHIVES,
+    DOWNLOAD_PAGE,
+    FOGGY_BETAS,
+    gtfine_cache_file,
+    load_gtfine_annotations,
+)
+from metaalign_det.data.datasets.coco_cache import cache_dir_for  # noqa: E402
+from metaalign_det.data.datasets.sim10k import SIM10K_ARCHIVES  # noqa: E402
+from metaalign_det.data.datasets.synthetic import (  # noqa: E402
+    ensure_synthetic_pair,
+    synthetic_pair_dir,
+    synthetic_pair_is_current,
+)
+
+DATASETS = ("cityscapes", "foggy", "sim10k", "synthetic")
+EXPECTED = {"train": 2975, "val": 500}  # Cityscapes gtFine scenes per split
+SIM10K_EXPECTED = 10000
+SIM10K_PAGE = "https://fcav.engin.umich.edu/projects/driving-in-the-matrix"
+
+
+def _count_files(d, suffix):
+    return sum(1 for _ in glob.iglob(os.path.join(d, "*", f"*{suffix}"))) if os.path.isdir(d) else 0
+
+
+def check_cityscapes(root, foggy=False):
+    """(problems, notes): what is missing (with its archive) and what looks incomplete."""
+    cs = os.path.join(root, "cityscapes")
+    problems, notes = [], []
+    if not os.path.isdir(cs):
+        need = [ARCHIVES["leftImg8bit"], ARCHIVES["gtFine"]] + ([ARCHIVES["leftImg8bit_foggy"]] if foggy else [])
+        return [f"missing {cs}/ (download {', '.join(need)} from {DOWNLOAD_PAGE} and unzip them there)"], notes
+    folders = [("gtFine", "_gtFine_instanceIds.png"),
+               ("leftImg8bit_foggy", None) if foggy else ("leftImg8bit", "_leftImg8bit.png")]
+    for split, expected in EXPECTED.items():
+        for folder, suffix in folders:
+            d = os.path.join(cs, folder, split)
+            if not os.path.isdir(d):
+                problems.append(f"missing {d}/ (from {ARCHIVES[folder]}, {DOWNLOAD_PAGE})")
+                continue
+            if folder == "leftImg8bit_foggy":
+                for beta in FOGGY_BETAS:
+                    n = _count_files(d, f"_leftImg8bit_foggy_beta_{beta}.png")
+                    if n == 0:
+                        problems.append(f"no beta={beta} images in {d}/ (from {ARCHIVES[folder]})")
+                    elif n != expected:
+                        notes.append(f"{d}: {n} beta={beta} images, the full release has {expected:,}")
+            else:
+                n = _count_files(d, suffix)
+                if n == 0:
+                    problems.append(f"no *{suffix} in {d}/ (from {ARCHIVES[folder]})")
+                elif n != expected:
+                    notes.append(f"{d}: {n} *{suffix} files, the full release has {expected:,}")
+    return problems, notes
+
+
+def check_sim10k(root, make_list=False):
+    voc = os.path.join(root, "sim10k", "VOC2012")
+    problems, notes = [], []
+    if not os.path.isdir(voc):
+        return [f"missing {voc}/ (extract {SIM10K_ARCHIVES['images']} and {SIM10K_ARCHIVES['annotations']} "
+                f"from {SIM10K_PAGE} so that it holds JPEGImages/ and Annotations/)"], notes
+    for sub, archive in (("JPEGImages", SIM10K_ARCHIVES["images"]), ("Annotations", SIM10K_ARCHIVES["annotations"])):
+        if not os.path.isdir(os.path.join(voc, sub)):
+            problems.append(f"missing {os.path.join(voc, sub)}/ (from {archive}, {SIM10K_PAGE})")
+    list_file = os.path.join(voc, "ImageSets", "Main", "trainval.txt")
+    if not os.path.isfile(list_file):
+        xmls = sorted(glob.glob(os.path.join(voc, "Annotations", "*.xml")))
+        if make_list and xmls:
+            os.makedirs(os.path.dirname(list_file), exist_ok=True)
+            tmp = list_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write("".join(os.path.splitext(os.path.basename(x))[0] + "\n" for x in xmls))
+            os.replace(tmp, list_file)
+            notes.append(f"wrote {list_file} ({len(xmls)} ids from Annotations/*.xml)")
+        else:
+            problems.append(f"missing {list_file} (comes with {SIM10K_ARCHIVES['annotations']}; or run with "
+                            f"--make-list to write it from Annotations/*.xml)")
+    else:
+        with open(list_file) as f:
+            n = sum(1 for line in f if line.strip())
+        if n != SIM10K_EXPECTED:
+            notes.append(f"{list_file}: {n} ids, the full release has {SIM10K_EXPECTED:,}")
+    return problems, notes
+
+
+def count_table(names):
+    """Rows: name, images, images without objects, boxes per class, crowd, difficult."""
+    rows = []
+    for name in names:
+        recs = DatasetCatalog.get(name)
+        classes = MetadataCatalog.get(name).thing_classes
+        per_class = [0] * len(classes)
+        crowd = difficult = empty = 0
+        for r in recs:
+            objs = [a for a in r["annotations"] if not a.get("iscrowd", 0)]
+            empty += not objs
+            for a in r["annotations"]:
+                if a.get("iscrowd", 0):
+                    crowd += 1
+                else:
+                    per_class[a["category_id"]] += 1
+                difficult += int(a.get("difficult", 0))
+        rows.append((name, len(recs), empty, dict(zip(classes, per_class)), crowd, difficult))
+    return rows
+
+
+def print_table(rows, out=None):
+    out = out or sys.stdout
+    for name, n, empty, per_class, crowd, difficult in rows:
+        classes = "  ".join(f"{c}={k}" for c, k in per_class.items())
+        extra = (f"  crowd={crowd}" if crowd else "") + (f"  difficult={difficult}" if difficult else "")
+        print(f"  {name:<38} images={n:<6} no-object={empty:<5} {classes}{extra}", file=out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("datasets", nargs="*", metavar="DATASET", help=f"any of {', '.join(DATASETS)}, or all (default)")
+    ap.add_argument("--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or datasets/)")
+    ap.add_argument("--check", action="store_true", help="only check the trees; convert and count nothing")
+    ap.add_argument("--workers", type=int, default=None, help="processes decoding Cityscapes masks (default: auto)")
+    ap.add_argument("--rebuild", action="store_true", help="delete the annotation caches first")
+    ap.add_argument("--make-list", action="store_true", help="Sim10k: write trainval.txt from Annotations/ if absent")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    unknown = [d for d in args.datasets if d not in DATASETS + ("all",)]
+    if unknown:
+        ap.error(f"unknown dataset(s) {unknown}; choose from {', '.join(DATASETS)}, all")
+    wanted = DATASETS if not args.datasets or "all" in args.datasets else tuple(dict.fromkeys(args.datasets))
+    root = os.path.abspath(args.root or builtin.datasets_root())
+    builtin.register_all_builtin(root, overwrite=True)
+    print(f"datasets root: {root}")
+    ok = True
+    for ds in wanted:
+        print(f"\n== {ds}")
+        if ds in ("cityscapes", "foggy"):
+            problems, notes = check_cityscapes(root, foggy=(ds == "foggy"))
+        elif ds == "sim10k":
+            problems, notes = check_sim10k(root, make_list=args.make_list)
+        else:
+            problems, notes = [], []
+        for n in notes:
+            print(f"  note: {n}")
+        if problems:
+            ok = False
+            print("  NOT READY:")
+            for p in problems:
+                print(f"   - {p}")
+            continue
+        if args.check:
+            if ds == "synthetic":
+                print("  generated, stamp up to date" if synthetic_pair_is_current(root)
+                      else "  not generated yet (done on first use, or now without --check; ~15 s)")
+            else:
+                print("  tree complete (not converted: --check)")
+            continue
+        try:
+            if ds in ("cityscapes", "foggy"):
+                cs = os.path.join(root, "cityscapes")
+                for split in EXPECTED:
+                    if args.rebuild and os.path.exists(gtfine_cache_file(cs, split)):
+                        os.remove(gtfine_cache_file(cs, split))
+                    load_gtfine_annotations(cs, split, workers=args.workers)
+                names = [n for n, (_, betas, _) in builtin.CITYSCAPES_SPLITS.items()
+                         if (betas is None) == (ds == "cityscapes")]
+            elif ds == "sim10k":
+                if args.rebuild:
+                    shutil.rmtree(cache_dir_for(os.path.join(root, "sim10k", "VOC2012")), ignore_errors=True)
+                names = list(builtin.SIM10K_SPLITS)
+            else:
+                if args.rebuild:
+                    shutil.rmtree(synthetic_pair_dir(root), ignore_errors=True)
+                ensure_synthetic_pair(root)
+                names = list(builtin.SYNTHETIC_SPLITS)
+            print_table(count_table(names))
+        except (OSError, ValueError) as e:
+            ok = False
+            print(f"  ERROR: {e}")
+    print("\nall requested datasets are ready" if ok else "\nsome requested datasets are not ready (see above)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,10 +6,8 @@ import re
 import sys
 from typing import Iterable, List, Sequence
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
-from ..config import add_metaalign_config
 
 __all__ = [
     "ToolError",
@@ -35,16 +33,17 @@ def fail(tool: str, error: Exception, code: int = 2):
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()):
-    """detectron2 defaults + this project's keys + ``config_file`` + ``opts`` (KEY VALUE pairs)."""
-    if not os.path.isfile(config_file):
-        raise ToolError(f"--config-file {config_file}: no such file")
-    cfg = add_metaalign_config(get_cfg())
+    """The training tools' config (:func:`metaalign_det.engine.setup.setup_cfg`, not frozen), with every
+    failure turned into one ToolError line."""
+    from ..engine.setup import setup_cfg
+
     try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except Exception as e:  # yacs / YAML errors name the key; keep them on one line
-        raise ToolError(f"cannot merge {config_file} {' '.join(opts)}: {type(e).__name__}: {e}".strip()) from e
-    return cfg
+        return setup_cfg(config_file, list(opts), freeze=False)
+    except FileNotFoundError as e:
+        raise ToolError(str(e)) from e
+    except Exception as e:  # yacs / YAML / manifest errors name the key; keep them on one line
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ToolError(f"cannot merge {config_file} {' '.join(opts)}: {type(e).__name__}: {msg}".strip()) from e
 
 
 def split_config_overrides(values: Sequence[str], opts: Sequence[str]):

@@ -33,6 +33,8 @@ def add_metaalign_config(cfg):
     _C.MODEL.DA_HEADS.IMG_HEAD_NAME = "ImageDomainHead"
     # Hidden channels of the image-level head's 1x1 convs.
     _C.MODEL.DA_HEADS.IMG_HIDDEN_DIM = 512
+    # Std of the normal init of the image-level head's convs (DA-Faster: 0.001; short schedules need more).
+    _C.MODEL.DA_HEADS.IMG_INIT_STD = 0.001
     # Gradient-reversal weight lambda for the image-level features (DA-Faster: 0.1).
     _C.MODEL.DA_HEADS.IMG_GRL_WEIGHT = 0.1
     # Weight of loss_da_img in the total loss.

@@ -74,12 +74,15 @@ class ImageDomainHead(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, in_channels: int, hidden_dim: int = 512, grl_weight: float = 0.1):
+    def __init__(self, *, in_channels: int, hidden_dim: int = 512, grl_weight: float = 0.1,
+                 init_std: float = 0.001):
         """
         Args:
             in_channels: C of the feature map(s).
             hidden_dim: channels of the hidden 1x1 conv.
             grl_weight: gradient-reversal lambda (DA-Faster: 0.1).
+            init_std: std of the normal init of both convs (DA-Faster: 0.001). With two tiny layers the
+                head sits at a saddle (logits ~0) for thousands of iterations; short schedules need more.
         """
         super().__init__()
         self.grl = GradientReversal(grl_weight)
@@ -87,7 +90,7 @@ class ImageDomainHead(nn.Module):
         self.conv2 = nn.Conv2d(hidden_dim, 1, kernel_size=1)
         # DA-Faster's init: tiny weights, zero bias -> logits ~0 -> the loss starts at ~log 2
         for layer in (self.conv1, self.conv2):
-            nn.init.normal_(layer.weight, std=0.001)
+            nn.init.normal_(layer.weight, std=init_std)
             nn.init.constant_(layer.bias, 0.0)
 
     @classmethod
@@ -108,6 +111,7 @@ class ImageDomainHead(nn.Module):
             "in_channels": in_channels,
             "hidden_dim": cfg.MODEL.DA_HEADS.IMG_HIDDEN_DIM,
             "grl_weight": cfg.MODEL.DA_HEADS.IMG_GRL_WEIGHT,
+            "init_std": cfg.MODEL.DA_HEADS.IMG_INIT_STD,
         }
 
     def _forward_level(self, x: torch.Tensor, reverse_gradient: bool) -> torch.Tensor:

@@ -131,3 +131,16 @@ def test_unknown_head_name_error_names_the_key():
     cfg.MODEL.DA_HEADS.INS_HEAD_NAME = "NoSuchHead"
     with pytest.raises(KeyError, match=r"MODEL.DA_HEADS.INS_HEAD_NAME.*NoSuchHead.*InstanceDomainHead"):
         build_ins_da_head(cfg, 16)
+
+
+def test_image_head_init_std_from_config():
+    cfg = tiny_fpn_cfg()
+    shape = {"p3": ShapeSpec(channels=64, stride=8)}
+    cfg.MODEL.DA_HEADS.IMG_IN_FEATURES = ["p3"]
+    cfg.MODEL.DA_HEADS.IMG_HIDDEN_DIM = 256  # enough weights in conv2 for a stable std estimate
+    default = build_img_da_head(cfg, shape)
+    assert default.conv1.weight.std().item() == pytest.approx(0.001, rel=0.2)  # DA-Faster's init
+    cfg.MODEL.DA_HEADS.IMG_INIT_STD = 0.05
+    wide = build_img_da_head(cfg, shape)
+    assert wide.conv1.weight.std().item() == pytest.approx(0.05, rel=0.2)
+    assert wide.conv2.weight.std().item() == pytest.approx(0.05, rel=0.3)

@@ -185,11 +185,19 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         stats["direction_is_align_first"] = float(direction == "align_first")
         return grads, stats, evaluator.logged
 
-    def assign_gradients(self, grads):
-        """One coalesced all-reduce of the final gradients, then ``p.grad`` (scaled for the GradScaler)."""
+    def assign_gradients(self, grads, stats):
+        """One coalesced all-reduce of the final gradients, then ``p.grad`` (scaled for the GradScaler).
+
+        Under several processes ``stats["finite"]`` is re-read from the *reduced* gradients, so that every
+        process takes the same decision in :meth:`check_finite` (a lone raise would leave the others
+        waiting in the next collective).
+        """
         names = list(self.params)
         tensors = [grads[n] for n in names]
         all_reduce_mean_(tensors)
+        if world_size() > 1:
+            norms = torch.stack(torch._foreach_norm(tensors))  # one fused kernel; inf/NaN propagate
+            stats["finite"] = bool(torch.isfinite(norms).all())
         scale = self.loss_scale()
         for n, g in zip(names, tensors):
             p = self.params[n]
@@ -244,9 +252,9 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         grads, stats, losses = self.compute_gradients(source, target)
         stats["inner_lr"] = self.options.inner_lr_scale * self.current_lr()
         self.last_stats = stats
-        self.check_finite(stats, losses)
         self.optimizer.zero_grad(set_to_none=True)
-        self.assign_gradients(grads)
+        self.assign_gradients(grads, stats)
+        self.check_finite(stats, losses)
         self.write_step_metrics(losses, stats, data_time)
         self.optimizer_step()
 

@@ -20,7 +20,7 @@ bench-eval: env
 	$(PY) benchmarks/bench_eval.py
 
 adaptation-table: env
-	$(PY) benchmarks/adaptation_table.py
+	$(PY) benchmarks/adaptation_table.py --inner-lr-scale 1 --docs
 
 clean-env:
 	rm -rf .venv

@@ -119,7 +119,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--iters", type=int, default=160)
     p.add_argument("--batch", type=int, default=2, help="source images = target images per step")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--inner-lr-scale", type=float, default=None,

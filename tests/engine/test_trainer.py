@@ -125,7 +125,7 @@ def test_non_finite_gradient_stops_before_the_update(tmp_path):
 
 def test_meta_params_restrict_fast_weights(tmp_path):
     cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "META.MODE", "first_order",
-                    "META.PARAMS", r"['roi_heads\.']")
+                    "META.PARAMS", "['roi_heads[.]']")
     trainer = MetaAlignTrainer(cfg)
     fast = trainer._trainer.fast
     assert fast and all(n.startswith("roi_heads.") for n in fast)

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env test demo bench-step bench-eval adaptation-table clean-env
+.PHONY: env test demo bench-step bench-eval adaptation-table adaptation-table-warm clean-env
 
 env:
 	python3 tools/bootstrap.py
@@ -21,6 +21,9 @@ bench-eval: env
 
 adaptation-table: env
 	$(PY) benchmarks/adaptation_table.py --inner-lr-scale 1 --docs
+
+adaptation-table-warm: env
+	$(PY) benchmarks/adaptation_table.py --warm-start --inner-lr-scale 1 --docs
 
 clean-env:
 	rm -rf .venv

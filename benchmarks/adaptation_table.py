@@ -4,12 +4,19 @@
     python benchmarks/adaptation_table.py                       # all rows, seeds 0 1 2 (make adaptation-table)
     python benchmarks/adaptation_table.py --rows source_only da_joint --seeds 0
     python benchmarks/adaptation_table.py --sweep 1 10 100      # tune INNER_LR_SCALE on the *source* val
+    python benchmarks/adaptation_table.py --warm-start          # every row starts from the source-only model
 
 Every run is ``tools/train_net.py`` in its own process on one shared schedule (configs/demo/ + the overrides
 below), evaluated at the end on ``synthetic_foggy_val`` with the project's coco101 AP50. A run whose result
 JSON exists is not retrained (an interrupted table resumes; an interrupted run continues from its last
 checkpoint). The table (mean ± std over seeds, per class) and a PNG of the ``meta/grad_cos`` curves of DA
 joint vs MetaAlign are written to --out-dir and, with --docs, to docs/.
+
+``--warm-start`` is the usual DA setting (a detector that already detects on the source, like an
+ImageNet/source-pretrained one): every row of a seed starts from that seed's source-only ``model_final.pth``
+of the cold table (trained first if missing; the DA heads start fresh) and trains the same schedule again;
+"source-only" is then the source-only model trained for as long again. Results go to ``<out-dir>/warm`` and,
+with --docs, to docs/adaptation_table_warm.md and docs/grad_cos_warm.png.
 
 Tuning is never done on the target val: ``--sweep`` trains MetaAlign (first order, alternate) with each
 INNER_LR_SCALE and evaluates on the *source* val (synthetic_clear_val).
@@ -84,31 +91,65 @@ def fmt(values):
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def grad_cos_plot(out_dir, seeds, png):
-    """meta/grad_cos over training: DA joint (every JOINT_GRAD_COS_PERIOD steps) vs MetaAlign first order."""
+def fmt_cos(values):
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:+.3f}"
+    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
+
+
+def grad_cos_series(out_dir, row, seed, bin_size=10):
+    """``meta/grad_cos`` of one run averaged over bins of ``bin_size`` iterations: {bin start: mean}.
+
+    DA joint logs it every JOINT_GRAD_COS_PERIOD (10) steps and MetaAlign every step; binning puts both on
+    the same footing. Empty when the run logged none (source-only, oracle) or does not exist.
+    """
+    from metaalign_det.utils.plots import load_metrics
+
+    path = os.path.join(out_dir, row, f"seed{seed}")
+    if not os.path.exists(os.path.join(path, "metrics.json")):
+        return {}
+    by_iter = {}
+    for r in load_metrics(path):  # a resumed run rewrites iterations: the last value wins
+        v = r.get("meta/grad_cos")
+        if isinstance(v, (int, float)) and v == v:
+            by_iter[int(r["iteration"])] = float(v)
+    bins = {}
+    for it, v in by_iter.items():
+        bins.setdefault(it // bin_size * bin_size, []).append(v)
+    return {b: statistics.mean(vs) for b, vs in sorted(bins.items())}
+
+
+def mean_grad_cos(out_dir, row, seed):
+    """Mean of the binned ``meta/grad_cos`` over the whole run (None when not logged)."""
+    series = grad_cos_series(out_dir, row, seed)
+    return statistics.mean(series.values()) if series else None
+
+
+def grad_cos_plot(out_dir, seeds, png, warm=False):
+    """meta/grad_cos over training, DA joint vs MetaAlign: thin lines one seed, thick the mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from metaalign_det.utils.plots import load_metrics
-
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     colours = {"da_joint": "tab:blue", "metaalign_fo_align_first": "tab:orange",
                "metaalign_fo_alternate": "tab:green", "metaalign_so": "tab:red"}
     for row, colour in colours.items():
-        for i, seed in enumerate(seeds):
-            path = os.path.join(out_dir, row, f"seed{seed}")
-            if not os.path.exists(os.path.join(path, "metrics.json")):
-                continue
-            rows = [r for r in load_metrics(path) if "meta/grad_cos" in r]
-            if rows:
-                ax.plot([r["iteration"] for r in rows], [r["meta/grad_cos"] for r in rows], color=colour,
-                        alpha=0.8, lw=1, label=ROWS[row][2] if i == 0 else None)
+        per_seed = [s for s in (grad_cos_series(out_dir, row, seed) for seed in seeds) if s]
+        for s in per_seed:
+            ax.plot(list(s), list(s.values()), color=colour, alpha=0.3, lw=0.8)
+        if per_seed:
+            common = sorted(set.intersection(*(set(s) for s in per_seed)))
+            ax.plot(common, [statistics.mean(s[b] for s in per_seed) for b in common], color=colour, lw=2.2,
+                    label=f"{ROWS[row][2]} ({len(per_seed)} seeds)")
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_xlabel("iteration")
+    ax.set_xlabel("iteration (10-step bins)")
     ax.set_ylabel("cos(∇L_align, ∇L_det)")
-    ax.set_title("meta/grad_cos on the demo pair (each line one seed)")
+    start = "from the source-only model" if warm else "from random init"
+    ax.set_title(f"meta/grad_cos on the demo pair, {start} (thin: one seed, thick: mean)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png)
@@ -123,10 +164,13 @@ def main():
     p.add_argument("--batch", type=int, default=2, help="source images = target images per step")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--inner-lr-scale", type=float, default=None,
-                   help="META.INNER_LR_SCALE of the MetaAlign rows (default: the config's, 10)")
+                   help="META.INNER_LR_SCALE of the MetaAlign rows (default: the config's, 1 in "
+                        "configs/demo/metaalign_R18_FPN.yaml)")
     p.add_argument("--sweep", nargs="+", type=float, help="INNER_LR_SCALE values to compare on the source val")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "output", "adaptation_table"))
     p.add_argument("--docs", action="store_true", help="also write docs/adaptation_table.md and the PNG")
+    p.add_argument("--warm-start", action="store_true",
+                   help="start every row from the same seed's source-only model (see the module doc)")
     args = p.parse_args()
     t0 = time.perf_counter()
 
@@ -143,22 +187,37 @@ def main():
             f.write(table + "\n")
         return
 
+    cold_dir, suffix = args.out_dir, ""
+    if args.warm_start:
+        args.out_dir, suffix = os.path.join(cold_dir, "warm"), "_warm"
     classes, results = None, {}
     for seed in args.seeds:  # seed-major: an interrupted table has every row for the first seeds
+        init = []
+        if args.warm_start:
+            cold = argparse.Namespace(**{**vars(args), "out_dir": cold_dir})
+            run("source_only", ROWS["source_only"][0], [], seed, cold)
+            init = ["MODEL.WEIGHTS", os.path.join(cold_dir, "source_only", f"seed{seed}", "model_final.pth")]
         for name in args.rows:
             config, extra, _ = ROWS[name]
             if args.inner_lr_scale is not None and "metaalign" in name:
                 extra = extra + ["META.INNER_LR_SCALE", str(args.inner_lr_scale)]
-            m, per_class = read_ap(run(name, config, extra, seed, args))
+            m, per_class = read_ap(run(name, config, extra + init, seed, args))
             classes = classes or list(per_class)
             results.setdefault(name, []).append((m, per_class))
     wall = time.perf_counter() - t0
-    head = f"| method | AP50 {TARGET_VAL} | " + " | ".join(classes) + " |"
-    lines = [f"AP50 (coco101, IoU 0.5) on {TARGET_VAL}, mean ± std over seeds {args.seeds}; R18-FPN from random "
-             f"init, {args.iters} iterations, {args.batch} source + {args.batch} target images per step, lr "
-             f"{args.lr}", "", head, "|" + "---|" * (len(classes) + 2)]
+    head = (f"| method | AP50 {TARGET_VAL} | per seed | " + " | ".join(classes)
+            + " | mean grad_cos |")
+    start = ("the seed's source-only model (trained as in the cold table), then" if args.warm_start
+             else "random init,")
+    lines = [f"AP50 (coco101, IoU 0.5) on {TARGET_VAL}, mean ± std over seeds {args.seeds}; R18-FPN from {start} "
+             f"{args.iters} iterations, {args.batch} source + {args.batch} target images per step, lr "
+             f"{args.lr}. grad_cos: cosine of ∇L_align and ∇L_det averaged over training (10-step bins), "
+             f"mean ± std over seeds.", "", head, "|" + "---|" * (len(classes) + 4)]
     for name, runs in results.items():
-        cells = [fmt([r[0] for r in runs])] + [fmt([r[1][c] for r in runs]) for c in classes]
+        cos = [c for c in (mean_grad_cos(args.out_dir, name, seed) for seed in args.seeds) if c is not None]
+        cells = ([fmt([r[0] for r in runs]), " / ".join(f"{r[0]:.1f}" for r in runs)]
+                 + [fmt([r[1][c] for r in runs]) for c in classes]
+                 + [fmt_cos(cos)])
         lines.append(f"| {ROWS[name][2]} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print("\n" + table + f"\n\n(this invocation: {wall / 60:.1f} min)")
@@ -166,12 +225,13 @@ def main():
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:
         f.write(table + "\n")
     png = os.path.join(args.out_dir, "grad_cos.png")
-    grad_cos_plot(args.out_dir, args.seeds, png)
+    grad_cos_plot(args.out_dir, args.seeds, png, warm=args.warm_start)
     if args.docs:
         import shutil
 
-        shutil.copy(os.path.join(args.out_dir, "table.md"), os.path.join(ROOT, "docs", "adaptation_table.md"))
-        shutil.copy(png, os.path.join(ROOT, "docs", "grad_cos.png"))
+        shutil.copy(os.path.join(args.out_dir, "table.md"),
+                    os.path.join(ROOT, "docs", f"adaptation_table{suffix}.md"))
+        shutil.copy(png, os.path.join(ROOT, "docs", f"grad_cos{suffix}.png"))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 python3 benchmarks/bench_step.py --device cuda --steps 10 --warmup 3 --output "$OUT/bench_step.md" 2>&1 \
   | grep -v -i warn | tee "$OUT/bench_step.log"
+python3 benchmarks/bench_grad_stats.py --device cuda 2>&1 | grep -v -i warn | tee "$OUT/bench_grad_stats.log"
 python3 benchmarks/bench_eval.py --device cpu cuda --repeats 5 --json "$OUT/bench_eval.json" 2>&1 \
   | grep -v -i warn | tee "$OUT/bench_eval.log"
 python3 benchmarks/throughput.py --device cuda --workers 6 --images 32 --steps 20 --warmup 6 \

@@ -196,7 +196,9 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         tensors = [grads[n] for n in names]
         all_reduce_mean_(tensors)
         if world_size() > 1:
-            norms = torch.stack(torch._foreach_norm(tensors))  # one fused kernel; inf/NaN propagate
+            # max-abs norms (one fused kernel on CUDA): finite exactly when every element is -- unlike the
+            # 2-norm, it cannot overflow on large finite values -- and NaN/inf propagate
+            norms = torch.stack(torch._foreach_norm([t for t in tensors if t.numel()], float("inf")))
             stats["finite"] = bool(torch.isfinite(norms).all())
         scale = self.loss_scale()
         for n, g in zip(names, tensors):

@@ -561,3 +561,44 @@ def test_fast_subset_matches_reference(order):
         torch.testing.assert_close(grads[k], ref[k], rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="fast names parameters not in params"):
         meta_align_grads(params, align, det, 0.3, fast={"nope"})
+
+
+# ----------------------------------------------------------------------------------------------------
+# reductions (grad_cos terms, finite check)
+# ----------------------------------------------------------------------------------------------------
+def test_cos_terms_match_float64_reference_with_mixed_dtypes():
+    g = torch.Generator().manual_seed(3)
+    shapes = [(4, 3), (5,), (2, 2, 3), (7,), (0,)]
+    dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.float32]
+    a = [torch.randn(s, generator=g).to(dt) for s, dt in zip(shapes, dtypes)]
+    d = [torch.randn(s, generator=g).to(dt) for s, dt in zip(shapes, dtypes)]
+    touched_a = [True, True, True, False, True]
+    touched_d = [True, False, True, True, True]
+    terms = step_mod._cos_terms(a, d, touched_a, touched_d)
+    shared = [i for i in range(len(a)) if touched_a[i] and touched_d[i]]
+    flat = lambda ts: torch.cat([t.double().reshape(-1) for t in ts])  # noqa: E731
+    ref = {
+        "dot": flat([a[i] for i in shared]) @ flat([d[i] for i in shared]),
+        "aa_shared": flat([a[i] for i in shared]).square().sum(),
+        "dd_shared": flat([d[i] for i in shared]).square().sum(),
+        "aa": flat(a).square().sum(),
+        "dd": flat(d).square().sum(),
+    }
+    for k, v in ref.items():
+        assert terms[k].dtype == torch.float64
+        # half-precision inputs are exact in fp32; only the fp32 accumulation rounds
+        assert terms[k].item() == pytest.approx(v.item(), rel=1e-6), k
+    # an fp16 tensor whose squared norm overflows fp16 is accumulated in fp32
+    big = [torch.full((4,), 60000.0, dtype=torch.float16)]
+    big_terms = step_mod._cos_terms(big, big, [True], [True])
+    assert big_terms["aa"].item() == pytest.approx(4 * 60000.0 ** 2, rel=1e-6)
+
+
+def test_all_finite_checks_every_element():
+    ok = [torch.tensor([1.0, -2.0]), torch.zeros(0), torch.tensor([3e38, -3e38])]  # a 2-norm would overflow
+    assert step_mod._all_finite(ok)
+    assert step_mod._all_finite([torch.tensor([60000.0], dtype=torch.float16)] * 3)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        tensors = ok + [torch.tensor([1.0, bad])]
+        assert not step_mod._all_finite(tensors), bad
+        assert not step_mod._all_finite([torch.tensor([bad], dtype=torch.bfloat16)] + ok), bad

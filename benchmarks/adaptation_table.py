@@ -83,20 +83,13 @@ def read_ap(path):
     return d["mAP"], {c["name"]: c["ap"] for c in d["classes"]}
 
 
-def fmt(values):
+def fmt(values, spec=".1f"):
+    """Mean ± sample std of ``values`` ("-" when empty; the value alone for one seed)."""
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def fmt_cos(values):
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:+.3f}"
-    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
+        return format(values[0], spec)
+    return f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec.lstrip('+'))}"
 
 
 def grad_cos_series(out_dir, row, seed, bin_size=10):
@@ -217,7 +210,7 @@ def main():
         cos = [c for c in (mean_grad_cos(args.out_dir, name, seed) for seed in args.seeds) if c is not None]
         cells = ([fmt([r[0] for r in runs]), " / ".join(f"{r[0]:.1f}" for r in runs)]
                  + [fmt([r[1][c] for r in runs]) for c in classes]
-                 + [fmt_cos(cos)])
+                 + [fmt(cos, "+.3f")])
         lines.append(f"| {ROWS[name][2]} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print("\n" + table + f"\n\n(this invocation: {wall / 60:.1f} min)")

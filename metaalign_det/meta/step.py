@@ -432,13 +432,15 @@ def _cos_terms(g_align, g_det, t_align, t_det) -> Dict[str, torch.Tensor]:
     """0-d float64 tensors: <a,d>, ||a||^2, ||d||^2 over shared params, and the full squared norms."""
     dev = g_align[0].device
     shared = [i for i in range(len(g_align)) if t_align[i] and t_det[i]]
-    sq = lambda t: torch.dot(_acc(t), _acc(t))  # noqa: E731
+    # one squared norm per parameter, summed over both index sets (not recomputed for the shared subset)
+    sq_a = [torch.dot(_acc(g), _acc(g)) for g in g_align]
+    sq_d = [torch.dot(_acc(g), _acc(g)) for g in g_det]
     return {
         "dot": _sum64([torch.dot(_acc(g_align[i]), _acc(g_det[i])) for i in shared], dev),
-        "aa_shared": _sum64([sq(g_align[i]) for i in shared], dev),
-        "dd_shared": _sum64([sq(g_det[i]) for i in shared], dev),
-        "aa": _sum64([sq(g) for g in g_align], dev),
-        "dd": _sum64([sq(g) for g in g_det], dev),
+        "aa_shared": _sum64([sq_a[i] for i in shared], dev),
+        "dd_shared": _sum64([sq_d[i] for i in shared], dev),
+        "aa": _sum64(sq_a, dev),
+        "dd": _sum64(sq_d, dev),
     }
 
 

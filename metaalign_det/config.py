@@ -73,7 +73,8 @@ def add_metaalign_config(cfg):
     _C.META = CN()
     # "none" = plain joint DA step; "first_order" = official update; "second_order" = exact meta-gradient.
     _C.META.MODE = "none"
-    # "align_first" (paper: inner step on L_align), "det_first" (roles swapped), "alternate" (official).
+    # "align_first" (paper: inner step on L_align), "det_first" (roles swapped), "alternate" (official code:
+    # det_first on even iterations -- it starts with the detection loss as meta-train -- align_first on odd).
     _C.META.DIRECTION = "align_first"
     # Inner step size alpha = INNER_LR_SCALE x current learning rate (official meta_lr; detection: 10).
     _C.META.INNER_LR_SCALE = 10.0

@@ -72,6 +72,8 @@ class LossEvaluator:
 
     Attributes:
         logged: the first value seen of every loss in this step (detached), for metrics.
+        metrics: ``da/*`` discriminator accuracies of the first forward with a target batch (detached 0-d
+            tensors, see ``DomainAdaptiveRCNN.last_alignment_metrics``); empty without alignment.
     """
 
     def __init__(self, model, source, target, autocast_ctx=contextlib.nullcontext, seed=0):
@@ -82,6 +84,7 @@ class LossEvaluator:
         self.seed = int(seed)
         self._memo = None
         self.logged: Dict[str, torch.Tensor] = {}
+        self.metrics: Dict[str, torch.Tensor] = {}
 
     def _forward(self, p, with_target):
         devices = list(range(torch.cuda.device_count())) if self._cuda else []
@@ -97,6 +100,10 @@ class LossEvaluator:
                     det, align = self.split(out)
         for k, v in {**det, **align}.items():
             self.logged.setdefault(k, v.detach())
+        if with_target:
+            # discriminator accuracies of the first forward with a target batch in this step
+            for k, v in getattr(self.model, "last_alignment_metrics", {}).items():
+                self.metrics.setdefault(f"da/{k}", v)
         return det, align
 
     def _get(self, p, part):
@@ -183,6 +190,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         if opt.hvp == "auto" and stats.get("hvp") == "finite_difference":
             self._hvp_known[direction] = "finite_difference"
         stats["direction_is_align_first"] = float(direction == "align_first")
+        stats.update(evaluator.metrics)  # "da/*" keys: written under their own names
         return grads, stats, evaluator.logged
 
     def assign_gradients(self, grads, stats):
@@ -222,8 +230,12 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         metrics = {k: float(v) for k, v in losses.items()}
         # numbers only (order/direction/hvp are strings), and no NaN: grad_cos is undefined on steps that
         # do not compute it (MODE none between JOINT_GRAD_COS_PERIOD steps).
-        meta = {f"meta/{k}": float(v) for k, v in stats.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
+        meta = {}
+        for k, v in stats.items():
+            if torch.is_tensor(v):
+                v = float(v)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+                meta[k if "/" in k else f"meta/{k}"] = float(v)
         all_metrics = comm.gather((metrics, meta, data_time))
         if not comm.is_main_process():
             return

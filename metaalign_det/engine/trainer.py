@@ -7,11 +7,13 @@ import weakref
 
 from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
 
 from ..data.paired_loader import build_paired_train_loader
 from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import broadcast_module_
+from .printer import TrainingMetricPrinter
 from .train_loop import MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
 
 __all__ = ["MetaAlignTrainer", "build_step_trainer"]
@@ -73,6 +75,12 @@ class MetaAlignTrainer(DefaultTrainer):
             if isinstance(h, hooks.PeriodicWriter):
                 h._period = self.cfg.SOLVER.LOG_PERIOD  # detectron2 fixes it at 20
         return ret
+
+    def build_writers(self):
+        """detectron2's writers (metrics.json, TensorBoard) with our console line in place of
+        CommonMetricPrinter: it adds ``meta/grad_cos`` and the discriminators' ``da/*`` accuracies."""
+        return [TrainingMetricPrinter(self.max_iter) if isinstance(w, CommonMetricPrinter) else w
+                for w in super().build_writers()]
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter=0, seeds=None):

@@ -86,8 +86,9 @@ class _DoubleBackwardUnavailable(RuntimeError):
 def resolve_direction(direction: str, iteration: int) -> str:
     """Return the direction ("align_first" or "det_first") to use at ``iteration``.
 
-    ``"align_first"`` and ``"det_first"`` are returned unchanged. ``"alternate"`` (the official release's
-    schedule) gives ``"align_first"`` on even iterations (0, 2, ...) and ``"det_first"`` on odd ones.
+    ``"align_first"`` and ``"det_first"`` are returned unchanged. ``"alternate"`` is the official release's
+    schedule: it starts with the *detection* loss as meta-train, so ``"det_first"`` on even iterations
+    (0, 2, ...) and ``"align_first"`` on odd ones.
     ``iteration`` is the 0-based global training iteration (an int >= 0).
     """
     if isinstance(iteration, bool) or not isinstance(iteration, numbers.Integral) or iteration < 0:
@@ -95,7 +96,7 @@ def resolve_direction(direction: str, iteration: int) -> str:
     if direction in DIRECTIONS:
         return direction
     if direction == "alternate":
-        return "align_first" if int(iteration) % 2 == 0 else "det_first"
+        return "det_first" if int(iteration) % 2 == 0 else "align_first"
     raise ValueError(f"direction must be one of {_DIRECTION_CHOICES}, got {direction!r}")
 
 

@@ -15,6 +15,7 @@ from .meta_arch import (
     ALIGN_LOSS_PREFIX,
     DomainAdaptiveRCNN,
     roi_box_feature_dim,
+    roi_box_features,
     split_losses,
     strip_da_heads,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "domain_focal",
     "grad_reverse",
     "roi_box_feature_dim",
+    "roi_box_features",
     "split_losses",
     "strip_da_heads",
 ]

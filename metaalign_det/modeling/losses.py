@@ -80,15 +80,18 @@ def consistency_loss(
     ins_probs: torch.Tensor,
     ins_image_index: torch.Tensor,
 ) -> torch.Tensor:
-    """DA-Faster's image/instance consistency regulariser (squared difference, mean over instances).
+    """DA-Faster's image/instance consistency regulariser (absolute difference, mean over instances).
 
     For each level ``l`` (one tensor per FPN level, or just one), each image ``i`` gets the mean of its
     image-level probabilities over all of its locations, ``m_l[i] = mean_{h,w} img_probs_l[i, :, h, w]``.
     Each instance ``r`` (an ROI of image ``i(r)``) is compared with it::
 
-        L = 1/L_levels * sum_l  1/R * sum_r ( m_l[i(r)] - q_r )**2
+        L = 1/L_levels * sum_l  1/R * sum_r | m_l[i(r)] - q_r |
 
-    where ``q_r = ins_probs[r]``. The mean includes padded locations of a padded batch (as DA-Faster).
+    where ``q_r = ins_probs[r]``: the L2 norm of a scalar difference in the DA-Faster paper, i.e. its
+    absolute value, which is also what the reference implementation computes (``torch.abs``). Its gradient
+    is ``sign(m - q) / R`` (0 at equality), so it does not fade as the two probabilities approach, unlike
+    a square. The mean includes padded locations of a padded batch (as DA-Faster).
     Both sides keep their gradients (neither is detached), as in DA-Faster's reference implementation:
     the image-level and instance-level discriminators are pulled towards each other.
 
@@ -99,7 +102,7 @@ def consistency_loss(
         ins_image_index: (R,) int64, the image (0..N-1) each instance belongs to.
 
     Returns:
-        scalar tensor (probability units squared). 0 connected to the graph when ``R == 0``.
+        scalar tensor (probability units, in [0, 1]). 0 connected to the graph when ``R == 0``.
     """
     levels: List[torch.Tensor] = [img_probs] if torch.is_tensor(img_probs) else list(img_probs)
     if not levels:
@@ -115,5 +118,5 @@ def consistency_loss(
     per_level = []
     for p in levels:
         per_image_mean = p.flatten(1).mean(dim=1)  # (N,)
-        per_level.append(((per_image_mean[idx] - q) ** 2).mean())
+        per_level.append((per_image_mean[idx] - q).abs().mean())
     return torch.stack(per_level).mean()

@@ -49,6 +49,7 @@ __all__ = [
     "split_losses",
     "strip_da_heads",
     "roi_box_feature_dim",
+    "roi_box_features",
 ]
 
 ALIGN_LOSS_KEYS = ("loss_da_img", "loss_da_ins", "loss_da_cst")
@@ -116,6 +117,21 @@ def roi_box_feature_dim(roi_heads: nn.Module) -> int:
     return roi_heads.res5[-1].out_channels
 
 
+def roi_box_features(roi_heads: nn.Module, features: Dict[str, torch.Tensor], boxes: List[Boxes],
+                     kind: Optional[str] = None) -> torch.Tensor:
+    """(R, D) box features of ``boxes`` (R boxes over all images) through the ROI heads' own pooler and box
+    head: exactly what ``roi_heads.box_predictor`` sees for them. ``features``: the backbone's output dict;
+    ``boxes``: one :class:`Boxes` per image (absolute XYXY in input pixels). Works for StandardROIHeads and
+    Res5ROIHeads (and subclasses); anything else is a TypeError naming the class."""
+    kind = kind or _roi_heads_kind(roi_heads)
+    if kind == "standard":
+        x = roi_heads.box_pooler([features[f] for f in roi_heads.box_in_features], boxes)
+        x = roi_heads.box_head(x)
+    else:  # "res5": Res5ROIHeads averages the res5 output over space before its box predictor
+        x = roi_heads.res5(roi_heads.pooler([features[f] for f in roi_heads.in_features], boxes)).mean(dim=[2, 3])
+    return x.flatten(1)
+
+
 class _ForwardRecorder:
     """Capture buffer for the source pass, fed by hooks registered once at model construction.
 
@@ -168,6 +184,25 @@ def _inference_mode_flag(module: nn.Module):
         module.training = was
 
 
+def _domain_accuracy(logits: List[torch.Tensor], domain: int) -> torch.Tensor:
+    """Fraction of elements a discriminator classifies as ``domain`` (logit < 0 = source, > 0 = target).
+
+    ``logits``: a list of tensors of any shape (one per feature level); the fraction is computed per level
+    and averaged over the levels, as the image-level loss is. Returns a detached 0-d float32 tensor on the
+    logits' device (no host sync); NaN when there is no element at all.
+    """
+    with torch.no_grad():
+        per_level = []
+        for z in logits:
+            if z.numel() == 0:
+                continue
+            correct = z > 0 if domain == TARGET_LABEL else z < 0
+            per_level.append(correct.float().mean())
+        if not per_level:
+            return torch.full((), float("nan"), device=logits[0].device if logits else None)
+        return torch.stack(per_level).mean()
+
+
 @META_ARCH_REGISTRY.register()
 class DomainAdaptiveRCNN(GeneralizedRCNN):
     """GeneralizedRCNN + image-level / instance-level domain discriminators (+ consistency).
@@ -185,6 +220,14 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
     Every trainable parameter gets a gradient from the sum of that dict (DDP needs it): the backbone and
     detector from the source detection losses, each head from its own loss (empty inputs give a zero
     loss that stays in the graph).
+
+    Diagnostics: every training forward with a target batch also sets ``last_alignment_metrics``, a dict
+    of detached 0-d tensors (no host sync) -- ``img_acc_source``, ``img_acc_target`` (fraction of image-level
+    locations the discriminator assigns to the right domain, averaged over levels) and ``ins_acc_source``,
+    ``ins_acc_target`` (the same over ROIs), for the enabled heads. 0.5 means the discriminator cannot tell
+    the domains apart; 1.0 on both sides means it wins outright. They are not losses and are kept out of
+    the loss dict so that ``sum(loss_dict.values())`` stays the training loss. The trainer logs them as
+    ``da/*``.
     """
 
     @configurable
@@ -242,6 +285,7 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
         self.ins_loss_weight = float(ins_loss_weight)
         self.ins_target_proposals = int(ins_target_proposals)
         self.cst_weight = float(cst_weight)
+        self.last_alignment_metrics: Dict[str, torch.Tensor] = {}
 
         # hooks are registered once here (not per forward) so they compose with functional_call,
         # deepcopy and DDP; they record only inside _ForwardRecorder.recording()
@@ -334,14 +378,7 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
         return out
 
     def _roi_box_features(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> torch.Tensor:
-        """(R, D) box features of ``boxes`` through the ROI heads' own pooler/head: what box_predictor sees."""
-        rh = self.roi_heads
-        if self._roi_kind == "standard":
-            x = rh.box_pooler([features[f] for f in rh.box_in_features], boxes)
-            x = rh.box_head(x)
-        else:  # "res5": Res5ROIHeads averages the res5 output over space before its box predictor
-            x = rh.res5(rh.pooler([features[f] for f in rh.in_features], boxes)).mean(dim=[2, 3])
-        return x.flatten(1)
+        return roi_box_features(self.roi_heads, features, boxes, self._roi_kind)
 
     def _img_domain_loss(self, logits: List[torch.Tensor], domain: int) -> torch.Tensor:
         if self.img_loss == "focal":
@@ -352,16 +389,25 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
 
     def _alignment_losses(self, source: dict, target: dict) -> Dict[str, torch.Tensor]:
         losses = {}
+        metrics = {}
         domains = ((source, SOURCE_LABEL), (target, TARGET_LABEL))
+        names = {SOURCE_LABEL: "source", TARGET_LABEL: "target"}
         if self.da_img_head is not None:
             per_domain = []
             for feats, label in domains:
                 levels = [feats["features"][f] for f in self.img_in_features]
-                per_domain.append(self._img_domain_loss(self.da_img_head(levels), label))
+                logits = self.da_img_head(levels)
+                per_domain.append(self._img_domain_loss(logits, label))
+                metrics[f"img_acc_{names[label]}"] = _domain_accuracy(logits, label)
             losses["loss_da_img"] = self.img_loss_weight * 0.5 * (per_domain[0] + per_domain[1])
         if self.da_ins_head is not None:
-            per_domain = [domain_bce(self.da_ins_head(feats["roi_features"]), label) for feats, label in domains]
+            per_domain = []
+            for feats, label in domains:
+                logits = self.da_ins_head(feats["roi_features"])
+                per_domain.append(domain_bce(logits, label))
+                metrics[f"ins_acc_{names[label]}"] = _domain_accuracy([logits], label)
             losses["loss_da_ins"] = self.ins_loss_weight * 0.5 * (per_domain[0] + per_domain[1])
+        self.last_alignment_metrics = metrics
         if self.cst_weight > 0:
             per_domain = [self._consistency(feats) for feats, _ in domains]
             losses["loss_da_cst"] = self.cst_weight * 0.5 * (per_domain[0] + per_domain[1])

@@ -14,7 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from metaalign_det.data.datasets import builtin
 from metaalign_det.data.datasets import synthetic as S
 
-TINY = dataclasses.replace(S.DEFAULT_PARAMS, n_train=3, n_val=2)
+TINY = dataclasses.replace(S.DEFAULT_PARAMS, n_train=3, n_val=2, n_dev=2, n_test=2)
 
 
 def _read_rgb(path):
@@ -36,8 +36,9 @@ def test_same_seed_same_bytes(tmp_path):
     b = S.ensure_synthetic_pair(str(tmp_path / "b"), TINY)
     ta, tb = _tree_bytes(a), _tree_bytes(b)
     assert sorted(ta) == sorted(tb)
-    # 4 splits x images + 3 depth streams + 4 annotation files + stamp
-    assert len(ta) == 2 * (3 + 2) + (3 + 3 + 2) + 4 + 1
+    # images of 7 splits (train/val/test in both domains, foggy dev) + 5 depth streams + 7 annotation files
+    # + stamp
+    assert len(ta) == 2 * (3 + 2 + 2) + 2 + (3 + 3 + 2 + 2 + 2) + 7 + 1
     assert ta == tb
     other = S.ensure_synthetic_pair(str(tmp_path / "c"), dataclasses.replace(TINY, seed=TINY.seed + 1))
     assert _tree_bytes(other)["clear/val/000000.png"] != ta["clear/val/000000.png"]
@@ -52,6 +53,18 @@ def test_target_is_the_documented_model_of_the_clear_images(tmp_path):
         foggy = _read_rgb(os.path.join(out, "foggy", "val", f"{i:06d}.png"))
         expect = S.apply_target_shift(clear, depth, TINY.shift, S.shift_seed(TINY, "val", i))
         np.testing.assert_array_equal(foggy, expect)
+    for i in range(TINY.n_test):  # test: the same scenes in both domains, like val
+        clear = _read_rgb(os.path.join(out, "clear", "test", f"{i:06d}.png"))
+        depth = cv2.imread(os.path.join(out, "depth", "test", f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
+        foggy = _read_rgb(os.path.join(out, "foggy", "test", f"{i:06d}.png"))
+        np.testing.assert_array_equal(foggy, S.apply_target_shift(clear, depth, TINY.shift,
+                                                                  S.shift_seed(TINY, "test", i)))
+    for i in range(TINY.n_dev):  # target dev: scenes of its own, not rendered clear
+        scene = S.render_scene(S.scene_seed(TINY, "target_dev", i), TINY.scene)
+        foggy = _read_rgb(os.path.join(out, "foggy", "dev", f"{i:06d}.png"))
+        np.testing.assert_array_equal(foggy, S.apply_target_shift(scene.image, scene.depth_cm, TINY.shift,
+                                                                  S.shift_seed(TINY, "target_dev", i)))
+    assert not os.path.exists(os.path.join(out, "clear", "dev"))
     for i in range(TINY.n_train):  # target train: its own scenes, re-rendered from their seeds
         scene = S.render_scene(S.scene_seed(TINY, "target_train", i), TINY.scene)
         depth = cv2.imread(os.path.join(out, "depth", "target_train", f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
@@ -129,7 +142,16 @@ def test_registered_names_generate_lazily(tmp_path, monkeypatch):
         assert not os.path.exists(tmp_path / "synthetic_pair")  # registering generated nothing
         counts = {n: len(DatasetCatalog.get(n)) for n in builtin.SYNTHETIC_SPLITS}
         assert counts == {"synthetic_clear_train": 3, "synthetic_clear_val": 2,
-                          "synthetic_foggy_train": 3, "synthetic_foggy_val": 2}
+                          "synthetic_foggy_train": 3, "synthetic_foggy_val": 2, "synthetic_foggy_dev": 2,
+                          "synthetic_clear_test": 2, "synthetic_foggy_test": 2}
+        # dev, test, val and train scenes are all different (no leakage between the splits)
+        files = {n: {open(r["file_name"], "rb").read() for r in DatasetCatalog.get(n)}
+                 for n in ("synthetic_foggy_train", "synthetic_foggy_val", "synthetic_foggy_dev",
+                           "synthetic_foggy_test")}
+        names = list(files)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                assert not files[a] & files[b], (a, b)
         clear, foggy = DatasetCatalog.get("synthetic_clear_val"), DatasetCatalog.get("synthetic_foggy_val")
         assert [r["annotations"] for r in clear] == [r["annotations"] for r in foggy]
         assert all(os.path.isfile(r["file_name"]) for r in clear + foggy)
@@ -139,5 +161,5 @@ def test_registered_names_generate_lazily(tmp_path, monkeypatch):
 
 
 def test_bad_split_name(tmp_path):
-    with pytest.raises(ValueError, match="synthetic pair: no split foggy/test"):
-        S.load_synthetic(str(tmp_path), "foggy", "test", TINY)
+    with pytest.raises(ValueError, match="synthetic pair: no split clear/dev"):
+        S.load_synthetic(str(tmp_path), "clear", "dev", TINY)

@@ -40,8 +40,8 @@ def test_meta_modes_train_and_log(tmp_path, mode):
             assert k in r and r[k] == r[k], (k, r)
         # alpha = INNER_LR_SCALE x the lr of that step
         assert r["meta/inner_lr"] == pytest.approx(10.0 * r["lr"], rel=1e-6)
-    # "alternate": align_first on even iterations, det_first on odd ones
-    assert [r["meta/direction_is_align_first"] for r in rows] == [1.0, 0.0]
+    # "alternate" (official schedule): det_first on even iterations, align_first on odd ones
+    assert [r["meta/direction_is_align_first"] for r in rows] == [0.0, 1.0]
     if mode == "second_order":  # roi_align has no double backward: the auto HVP fell back and remembers
         assert set(trainer._trainer._hvp_known.values()) == {"finite_difference"}
 
@@ -165,3 +165,30 @@ def test_target_classes_must_match_source(tmp_path):
     cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "DATASETS.TRAIN_TARGET", "('toy_other_classes',)")
     with pytest.raises(ValueError, match=r"class lists differ: DATASETS.TRAIN .* DATASETS.TRAIN_TARGET .*'car', 'bus'"):
         MetaAlignTrainer(cfg)
+
+
+def test_discriminator_accuracies_and_grad_cos_reach_metrics_and_console(tmp_path, caplog):
+    """da/* (who is winning the adversarial game) in metrics.json, and on the console line with grad_cos."""
+    import logging
+
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "META.MODE", "first_order", "SOLVER.MAX_ITER", "2",
+                    "SOLVER.LOG_PERIOD", "1")
+    with caplog.at_level(logging.INFO, logger="metaalign_det.train"):
+        train(cfg)
+    rows = [r for r in _metrics(tmp_path / "out") if "meta/inner_lr" in r]
+    assert len(rows) == 2
+    for r in rows:
+        for k in ("da/img_acc_source", "da/img_acc_target", "da/ins_acc_source", "da/ins_acc_target"):
+            assert 0.0 <= r[k] <= 1.0, (k, r)
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "metaalign_det.train"]
+    assert lines and all("iter:" in ln for ln in lines)
+    assert "grad_cos: " in lines[-1] and "da img acc src/tgt: " in lines[-1] and "da ins acc src/tgt: " in lines[-1]
+    assert "loss_da_img" in lines[-1] and "\x1b[" not in lines[-1]
+
+
+def test_source_only_run_logs_no_discriminator_accuracy(tmp_path):
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "SOLVER.MAX_ITER", "2", "DATASETS.TRAIN_TARGET", "()",
+                    "MODEL.DA_HEADS.IMG_ENABLED", "False", "MODEL.DA_HEADS.INS_ENABLED", "False",
+                    "MODEL.DA_HEADS.CST_WEIGHT", "0.0", "MODEL.META_ARCHITECTURE", "GeneralizedRCNN")
+    train(cfg)
+    assert not any(k.startswith("da/") for r in _metrics(tmp_path / "out") for k in r)

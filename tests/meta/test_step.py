@@ -501,8 +501,9 @@ def test_select_params():
 
 
 def test_resolve_direction():
+    # the official loop starts with the detection loss as meta-train at iteration 0, then flips
     assert [resolve_direction("alternate", i) for i in range(4)] == \
-        ["align_first", "det_first", "align_first", "det_first"]
+        ["det_first", "align_first", "det_first", "align_first"]
     assert resolve_direction("det_first", 0) == "det_first"
     assert resolve_direction("align_first", 7) == "align_first"
     with pytest.raises(ValueError, match="direction"):

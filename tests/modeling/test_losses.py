@@ -64,7 +64,7 @@ def test_consistency_hand_values():
     img = torch.tensor([[0.0, 0.5, 0.25, 0.25], [1.0, 0.5, 1.0, 0.5]]).view(2, 1, 2, 2)
     ins = torch.tensor([0.5, 0.25, 1.0])
     idx = torch.tensor([0, 0, 1])
-    expected = ((0.25 - 0.5) ** 2 + (0.25 - 0.25) ** 2 + (0.75 - 1.0) ** 2) / 3
+    expected = (abs(0.25 - 0.5) + abs(0.25 - 0.25) + abs(0.75 - 1.0)) / 3
     assert consistency_loss(img, ins, idx).item() == pytest.approx(expected)
     # (R, 1) instance probabilities are accepted too
     assert consistency_loss(img, ins[:, None], idx).item() == pytest.approx(expected)
@@ -75,7 +75,7 @@ def test_consistency_levels_are_averaged():
     lvl_b = torch.full((1, 1, 2, 3), 0.6)
     ins = torch.tensor([0.4, 0.4])
     idx = torch.zeros(2, dtype=torch.long)
-    expected = ((0.2 - 0.4) ** 2 + (0.6 - 0.4) ** 2) / 2
+    expected = (abs(0.2 - 0.4) + abs(0.6 - 0.4)) / 2
     assert consistency_loss([lvl_a, lvl_b], ins, idx).item() == pytest.approx(expected)
 
 
@@ -83,10 +83,20 @@ def test_consistency_gradients_reach_both_sides():
     img = torch.full((1, 1, 2, 2), 0.8, requires_grad=True)
     ins = torch.tensor([0.3, 0.1], requires_grad=True)
     consistency_loss(img, ins, torch.tensor([0, 0])).backward()
-    # d/dq (m - q)^2 / R = -2 (m - q) / R
-    torch.testing.assert_close(ins.grad, torch.tensor([-2 * 0.5 / 2, -2 * 0.7 / 2]))
-    # d/dp_loc = sum_r 2 (m - q_r) / R * 1/4
-    torch.testing.assert_close(img.grad, torch.full((1, 1, 2, 2), (2 * 0.5 + 2 * 0.7) / 2 / 4))
+    # d/dq |m - q| / R = -sign(m - q) / R  (m = 0.8 > q for both ROIs)
+    torch.testing.assert_close(ins.grad, torch.tensor([-1 / 2, -1 / 2]))
+    # d/dp_loc = sum_r sign(m - q_r) / R * 1/4
+    torch.testing.assert_close(img.grad, torch.full((1, 1, 2, 2), (1 + 1) / 2 / 4))
+
+
+def test_consistency_is_the_absolute_difference_not_the_square():
+    """DA-Faster (paper and reference code) penalises |m - q|: the loss is linear in the gap."""
+    img = torch.full((1, 1, 1, 1), 0.9)
+    for q in (0.8, 0.5, 0.1):
+        loss = consistency_loss(img, torch.tensor([q]), torch.tensor([0]))
+        assert loss.item() == pytest.approx(abs(0.9 - q))
+    # a gap of 0.1 costs 0.1 (a square would give 0.01)
+    assert consistency_loss(img, torch.tensor([0.8]), torch.tensor([0])).item() == pytest.approx(0.1)
 
 
 def test_empty_inputs_give_connected_zero():

@@ -282,3 +282,34 @@ def test_target_roi_pathway_matches_what_the_box_predictor_sees(arch):
         direct = model._roi_box_features(seen["features"], seen["boxes"])
     assert direct.shape[0] == sum(len(b) for b in seen["boxes"]) > 0
     torch.testing.assert_close(direct, seen["x"].flatten(1))
+
+
+def test_discriminator_accuracies_are_reported_next_to_the_losses():
+    """last_alignment_metrics: fraction of locations / ROIs each head puts in the right domain, computed from
+    the logits of the same forward (no host sync: 0-d tensors), never part of the loss dict."""
+    model = _build(enable_da(tiny_fpn_cfg()))
+    source, target = make_inputs(n_source=2, n_target=2, empty_source=False)
+    losses = _losses(model, source, target)
+    m = model.last_alignment_metrics
+    assert set(m) == {"img_acc_source", "img_acc_target", "ins_acc_source", "ins_acc_target"}
+    assert not any(k in losses for k in m)
+    for k, v in m.items():
+        assert torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad and 0.0 <= v.item() <= 1.0, k
+
+    # a discriminator that says "target" everywhere is right on every target location, wrong on every source
+    # one (and the reverse): checks the label convention source = 0 (logit < 0), target = 1 (logit > 0)
+    for bias, expect_src, expect_tgt in ((50.0, 0.0, 1.0), (-50.0, 1.0, 0.0)):
+        with torch.no_grad():
+            model.da_img_head.conv2.bias.fill_(bias)
+            model.da_ins_head.fc3.bias.fill_(bias)
+        _losses(model, source, target)
+        m = model.last_alignment_metrics
+        assert m["img_acc_source"].item() == expect_src and m["img_acc_target"].item() == expect_tgt
+        assert m["ins_acc_source"].item() == expect_src and m["ins_acc_target"].item() == expect_tgt
+
+
+def test_accuracies_follow_the_enabled_heads():
+    model = _build(enable_da(tiny_fpn_cfg(), img=True, ins=False, cst_weight=0.0))
+    source, target = make_inputs()
+    _losses(model, source, target)
+    assert set(model.last_alignment_metrics) == {"img_acc_source", "img_acc_target"}

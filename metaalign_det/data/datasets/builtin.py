@@ -13,7 +13,9 @@ Names (metadata: ``thing_classes``, ``evaluator_type``, ``protocol``, ``domain``
 * ``foggy_cityscapes_det_{train,val}_allbeta``: Foggy Cityscapes, all three betas (the AT / ALDI protocol);
 * ``cityscapes_car_{train,val}``: Cityscapes, car only (target / test of Sim10k -> Cityscapes);
 * ``sim10k_car_trainval``: Sim10k, car only (source);
-* ``synthetic_{clear,foggy}_{train,val}``: the embedded demo pair (generated on first load).
+* ``synthetic_{clear,foggy}_{train,val}``: the embedded demo pair (generated on first load);
+  ``synthetic_foggy_dev`` (200 labelled target images for choosing hyperparameters) and
+  ``synthetic_{clear,foggy}_test`` (400 scenes, the split adaptation results are reported on).
 """
 import os
 
@@ -55,6 +57,9 @@ SIM10K_SPLITS = {"sim10k_car_trainval": ("trainval", ("car",))}
 SYNTHETIC_SPLITS = {
     f"synthetic_{domain}_{split}": (domain, split) for domain in ("clear", "foggy") for split in ("train", "val")
 }
+# labelled target dev split (for choosing hyperparameters) and the reported test split (clear: same scenes)
+SYNTHETIC_SPLITS.update({"synthetic_foggy_dev": ("foggy", "dev"), "synthetic_clear_test": ("clear", "test"),
+                         "synthetic_foggy_test": ("foggy", "test")})
 
 
 def datasets_root():

@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 SYNTHETIC_CLASSES = ("car", "person", "bus")
 # Bump when the rendering code changes in a way that changes pixels: the stamp then forces regeneration.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: target dev split and clear/foggy test splits
 
 CAMERA_HEIGHT = 1.5  # m
 SKY_DEPTH = 600.0  # m; exp(-beta * 600) ~ 0: the sky becomes airlight
@@ -127,6 +127,8 @@ class SyntheticPairParams:
     seed: int = 2024
     n_train: int = 400  # per domain (source train and target train are different scenes)
     n_val: int = 100  # the same scenes for clear val and foggy val
+    n_dev: int = 200  # labelled target *dev* split (foggy only): for choosing hyperparameters
+    n_test: int = 400  # the reported target *test* split; the same scenes are also rendered clear
     scene: SceneParams = field(default_factory=SceneParams)
     shift: TargetShift = field(default_factory=TargetShift)
 
@@ -142,7 +144,9 @@ class SyntheticPairParams:
 DEFAULT_PARAMS = SyntheticPairParams()
 
 # scene streams: the seed of scene i of a stream is (seed, stream, i); val scenes are shared by both domains
-_STREAMS = {"source_train": 1, "target_train": 2, "val": 3}
+_STREAMS = {"source_train": 1, "target_train": 2, "val": 3, "target_dev": 4, "test": 5}
+# streams rendered in both domains (the foggy image is the clear one with the target shift applied)
+_SHARED_STREAMS = ("val", "test")
 _SHIFT_STREAM = 7  # extra seed word for the target shift's random draws (airlight jitter, noise)
 
 
@@ -456,6 +460,9 @@ _SPLITS = {
     ("clear", "val"): ("val", False),
     ("foggy", "train"): ("target_train", True),
     ("foggy", "val"): ("val", True),
+    ("foggy", "dev"): ("target_dev", True),
+    ("clear", "test"): ("test", False),
+    ("foggy", "test"): ("test", True),
 }
 
 
@@ -469,7 +476,7 @@ def _generate(out_dir, params):
     """Write every image, depth map and COCO JSON of the pair into ``out_dir`` (stamp last)."""
     from .coco_cache import write_json_atomic
 
-    n = {"train": params.n_train, "val": params.n_val}
+    n = {"train": params.n_train, "val": params.n_val, "dev": params.n_dev, "test": params.n_test}
     categories = [{"id": i + 1, "name": c} for i, c in enumerate(SYNTHETIC_CLASSES)]
     coco = {k: {"images": [], "annotations": [], "categories": categories} for k in _SPLITS}
     rendered = {}
@@ -484,8 +491,8 @@ def _generate(out_dir, params):
         key = (stream, i)
         if key not in rendered or not shifted:
             scene = render_scene(scene_seed(params, stream, i), params.scene)
-            if stream == "val":
-                rendered[key] = scene  # the foggy val reuses the clear val scene
+            if stream in _SHARED_STREAMS:
+                rendered[key] = scene  # the foggy split reuses the clear split's scene
             depth_rel = f"depth/{stream}/{i:06d}.png"
             if not os.path.exists(os.path.join(out_dir, depth_rel)):
                 os.makedirs(os.path.dirname(os.path.join(out_dir, depth_rel)), exist_ok=True)

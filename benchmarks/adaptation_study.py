@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Does adaptation make the target detector better? A paired, multi-seed study on the demo pair.
+
+    python benchmarks/adaptation_study.py --docs          # everything below (make adaptation-study)
+    python benchmarks/adaptation_study.py --stage core    # only the core rows x 5 seeds
+    python benchmarks/adaptation_study.py --summary-only  # rebuild the table from the result JSONs
+
+Protocol (every number is produced by the project's own tools, one process per run):
+
+1. **Base detector** (once): R18-FPN source-only on ``synthetic_clear_train`` from random init at a constant
+   learning rate, evaluated on the source val every ``--base-eval-period`` iterations; training is extended
+   in chunks until the source-val AP50 has stopped rising (the best of the last two evaluations is no more than
+   ``--base-tol`` AP above the best before them), at most ``--base-max-iters``. It plays the part ImageNet/COCO
+   pre-training plays in real domain adaptation; every row and seed starts from it.
+2. **Rows** (each seed, ``--iters`` iterations from the base, the same schedule: warm-up to ``--lr``, x0.1 at
+   80%): source-only (trained on), DA image-level only, DA img + ins + cst (``DA joint``), MetaAlign first order
+   (``alternate``; α ∈ {1, 10, 100} × lr and ``align_first``), MetaAlign second order, oracle (labelled target
+   train). A seed fixes the source/target data order and the heads' init in every row (paired design).
+3. **Choices without the reported split**: the headline MetaAlign α is the one with the best mean AP50 on the
+   labelled target *dev* split (``synthetic_foggy_dev``, 200 scenes of its own) over the sweep's seeds; the
+   reported split is ``synthetic_foggy_test`` (400 scenes, never used for a choice).
+4. **Per run**: AP50 (coco101) on the target test and dev splits and the source val, the mean ``meta/grad_cos``
+   and the last discriminator accuracies of the training log, and the proxy A-distance of the final model
+   (``tools/analyze_alignment.py``: source test vs target test, 200 images each).
+5. **Summary**: per row mean and 95% t-interval over seeds; paired per-seed difference to source-only and to
+   DA joint with its 95% interval; the share of the source-only -> oracle gap closed; written to
+   ``<results>/summary.md`` and, with ``--docs``, ``docs/adaptation_study.md``.
+
+Each finished run leaves a small JSON under ``benchmarks/results/adaptation_study/<row>/seed<k>.json``
+(committed: extend the study with more seeds or rows instead of rerunning it); a run whose JSON exists is not
+retrained, an interrupted run resumes from its last checkpoint (under ``--out-dir``, not committed).
+``--jobs 2`` runs two trainings at a time with one thread each (on 2 cores ~1.5x the throughput of one
+two-thread run for these small models).
+"""
+import argparse
+import concurrent.futures as futures
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+DEMO = os.path.join(ROOT, "configs", "demo")
+
+from metaalign_det.analysis.stats import mean_ci, paired_difference  # noqa: E402  (pure Python)
+
+TEST, DEV, SOURCE_VAL = "synthetic_foggy_test", "synthetic_foggy_dev", "synthetic_clear_val"
+PAD_SOURCE, PAD_TARGET = "synthetic_clear_test", "synthetic_foggy_test"
+ALPHAS = (1, 10, 100)
+
+# name -> (config, overrides, label)
+ROWS = {
+    "source_only": ("source_only_R18_FPN.yaml", [], "source-only"),
+    "da_img": ("da_joint_R18_FPN.yaml", ["MODEL.DA_HEADS.INS_ENABLED", "False", "MODEL.DA_HEADS.CST_WEIGHT", "0.0"],
+               "DA image-level only"),
+    "da_joint": ("da_joint_R18_FPN.yaml", [], "DA joint (img + ins + cst)"),
+    **{f"metaalign_fo_a{a}": ("metaalign_R18_FPN.yaml", ["META.INNER_LR_SCALE", f"{a}.0"],
+                              f"MetaAlign 1st order, alternate, α = {a} × lr") for a in ALPHAS},
+    "metaalign_fo_align_first": ("metaalign_R18_FPN.yaml", ["META.DIRECTION", "align_first"],
+                                 "MetaAlign 1st order, align_first, chosen α"),
+    "metaalign_so": ("metaalign_R18_FPN.yaml", ["META.MODE", "second_order"],
+                     "MetaAlign 2nd order, alternate, chosen α"),
+    "oracle": ("oracle_R18_FPN.yaml", [], "oracle (labelled target train)"),
+}
+FOLLOW_ALPHA = ("metaalign_fo_align_first", "metaalign_so")
+CORE = ("source_only", "da_joint", "oracle")  # + the MetaAlign first-order row at the chosen α
+_print_lock = threading.Lock()
+
+
+def log(msg):
+    with _print_lock:
+        print(f"[study {datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# running
+# ---------------------------------------------------------------------------------------------------------
+def _run_logged(cmd, logfile, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with open(logfile, "a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+
+
+def _read_ap(path):
+    with open(path) as f:
+        d = json.load(f)
+    return {"mAP": d["mAP"], "classes": {c["name"]: c["ap"] for c in d["classes"]}}
+
+
+def _train_log_stats(out):
+    """Mean meta/grad_cos over the run and the last logged discriminator accuracies (metrics.json)."""
+    path = os.path.join(out, "metrics.json")
+    by_iter = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if "iteration" in r:
+                    by_iter[int(r["iteration"])] = r  # a resumed run rewrites iterations: last wins
+    cos = [r["meta/grad_cos"] for r in by_iter.values() if isinstance(r.get("meta/grad_cos"), (int, float))]
+    last = {}
+    for it in sorted(by_iter):
+        for k, v in by_iter[it].items():
+            if k.startswith("da/"):
+                last[k] = v
+    return {"grad_cos_mean": statistics.fmean(cos) if cos else None, "grad_cos_count": len(cos),
+            "da_acc_last": last or None}
+
+
+class Study:
+    def __init__(self, args):
+        self.args = args
+        self.base_dir = os.path.join(args.out_dir, "base")
+
+    # -- the base detector ----------------------------------------------------------------------------
+    def base_weights(self):
+        return os.path.join(self.base_dir, "model_final.pth")
+
+    def base_record(self):
+        return os.path.join(self.args.results, "base.json")
+
+    def _base_curve(self):
+        curve = {}
+        path = os.path.join(self.base_dir, "metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    r = json.loads(line)
+                    # detectron2 drops the dataset prefix when only one dataset is evaluated
+                    for key in (f"{SOURCE_VAL}/bbox/AP50", "bbox/AP50"):
+                        if key in r:  # the final evaluation is logged one iteration late: round down
+                            period = self.args.base_eval_period
+                            curve[(int(r["iteration"]) + 1) // period * period] = r[key]
+        return dict(sorted(curve.items()))
+
+    def _stopped_rising(self, curve):
+        vals = list(curve.values())
+        if len(vals) < 4:
+            return False
+        return max(vals[-2:]) <= max(vals[:-2]) + self.args.base_tol
+
+    def train_base(self):
+        a = self.args
+        if os.path.exists(self.base_record()) and os.path.exists(self.base_weights()):
+            log(f"base: done before ({self.base_record()})")
+            return
+        os.makedirs(self.base_dir, exist_ok=True)
+        t0 = time.perf_counter()
+        iters = a.base_iters
+        while True:
+            cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
+                   os.path.join(DEMO, "source_only_R18_FPN.yaml")]
+            if os.path.exists(os.path.join(self.base_dir, "last_checkpoint")):
+                cmd.append("--resume")
+            cmd += ["SOLVER.MAX_ITER", str(iters), "SOLVER.BASE_LR", str(a.base_lr), "SOLVER.WARMUP_ITERS", "100",
+                    "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", str(a.base_eval_period),
+                    "TEST.EVAL_PERIOD", str(a.base_eval_period), "DATASETS.TEST", f"('{SOURCE_VAL}',)",
+                    "SOLVER.LOG_PERIOD", "20", "SEED", str(a.base_seed), "OUTPUT_DIR", self.base_dir]
+            log(f"base: training to {iters} iterations")
+            rc = _run_logged(cmd, os.path.join(self.base_dir, "run.log"), a.jobs)
+            if rc != 0:
+                raise SystemExit(f"[study] base training failed (exit {rc}); see {self.base_dir}/run.log")
+            curve = self._base_curve()
+            log(f"base: source-val AP50 curve {curve}")
+            if self._stopped_rising(curve) or iters >= a.base_max_iters:
+                break
+            iters = min(iters + 2 * a.base_eval_period, a.base_max_iters)
+        train_s = time.perf_counter() - t0
+        aps = self._evaluate(self.base_weights(), os.path.join(self.base_dir, "eval"), a.jobs)
+        pad = self._pad(self.base_weights(), os.path.join(self.base_dir, "pad.json"), a.jobs)
+        record = {"iterations": iters, "lr": a.base_lr, "seed": a.base_seed, "curve_source_val_ap50": curve,
+                  "stopped_rising": self._stopped_rising(curve), "ap": aps, "pad": pad,
+                  "seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(train_s, 1)}
+        _write_json(self.base_record(), record)
+        log(f"base: done, {iters} iterations, target test AP50 {aps[TEST]['mAP']:.1f}")
+
+    def _evaluate(self, weights, out, threads):
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, "ap.json")
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "eval.py"), "--config-file",
+               os.path.join(DEMO, "source_only_R18_FPN.yaml"), "--weights", weights, "--dataset", TEST, DEV,
+               SOURCE_VAL, "--output", path]
+        if _run_logged(cmd, os.path.join(out, "eval.log"), threads) != 0:
+            raise SystemExit(f"[study] evaluation of {weights} failed; see {out}/eval.log")
+        with open(path) as f:
+            d = json.load(f)["datasets"]
+        return {name: {"mAP": r["mAP"], "classes": {c["name"]: c["ap"] for c in r["classes"]}}
+                for name, r in d.items()}
+
+    def _pad(self, weights, path, threads):
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "analyze_alignment.py"), "--config-file",
+               os.path.join(DEMO, "da_joint_R18_FPN.yaml"), "--weights", weights, "--source-dataset", PAD_SOURCE,
+               "--target-dataset", PAD_TARGET, "--max-images", str(self.args.pad_images), "--output", path]
+        if _run_logged(cmd, path + ".log", threads) != 0:
+            raise SystemExit(f"[study] analyze_alignment on {weights} failed; see {path}.log")
+        with open(path) as f:
+            c = json.load(f)["checkpoints"][0]
+        return {"pad": {k: v["pad"] for k, v in c["pad"].items()},
+                "grad_cos_at_end": c["grad_cos"]["mean"] if c["grad_cos"] else None}
+
+    # -- one row, one seed ----------------------------------------------------------------------------
+    def record_path(self, row, seed):
+        return os.path.join(self.args.results, row, f"seed{seed}.json")
+
+    def run(self, row, seed, threads):
+        a = self.args
+        record = self.record_path(row, seed)
+        if os.path.exists(record):
+            return
+        config, extra, _ = ROWS[row]
+        if row in FOLLOW_ALPHA:  # these rows use the α the sweep chose on the dev split
+            alpha = self.chosen_alpha(self.load())
+            if alpha is None:
+                raise RuntimeError(f"{row}: run the α sweep first (--stage sweep)")
+            extra = extra + ["META.INNER_LR_SCALE", f"{alpha}.0"]
+        out = os.path.join(a.out_dir, row, f"seed{seed}")
+        os.makedirs(out, exist_ok=True)
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
+               os.path.join(DEMO, config)]
+        if os.path.exists(os.path.join(out, "last_checkpoint")):
+            cmd.append("--resume")
+        sched = ["MODEL.WEIGHTS", self.base_weights(), "SOLVER.IMS_PER_BATCH", "2",
+                 "SOLVER.TARGET_IMS_PER_BATCH", "2", "SOLVER.BASE_LR", str(a.lr),
+                 "SOLVER.MAX_ITER", str(a.iters), "SOLVER.WARMUP_ITERS", str(max(1, a.iters // 10)),
+                 "SOLVER.STEPS", f"({int(a.iters * 0.8)},)", "SOLVER.CHECKPOINT_PERIOD", str(max(1, a.iters // 4)),
+                 "SOLVER.LOG_PERIOD", "10", "META.JOINT_GRAD_COS_PERIOD", "10", "SEED", str(seed),
+                 "DATASETS.TEST", f"('{TEST}', '{DEV}', '{SOURCE_VAL}')", "OUTPUT_DIR", out]
+        overrides = extra + sched
+        t0 = time.perf_counter()
+        log(f"{row} seed {seed}: training ({threads} thread{'s' if threads > 1 else ''})")
+        rc = _run_logged(cmd + overrides, os.path.join(out, "run.log"), threads)
+        results = {n: os.path.join(out, "inference", f"ap_{n}.json") for n in (TEST, DEV, SOURCE_VAL)}
+        if rc != 0 or not all(os.path.exists(p) for p in results.values()):
+            raise RuntimeError(f"{row} seed {seed} failed (exit {rc}); see {out}/run.log")
+        train_s = time.perf_counter() - t0
+        pad = self._pad(os.path.join(out, "model_final.pth"), os.path.join(out, "pad.json"), threads)
+        rec = {"row": row, "seed": seed, "config": f"configs/demo/{config}", "overrides": extra,
+               "schedule": {"iters": a.iters, "lr": a.lr, "warmup": max(1, a.iters // 10),
+                            "decay_at": int(a.iters * 0.8), "batch": "2 source + 2 target"},
+               "ap": {n: _read_ap(p) for n, p in results.items()}, **_train_log_stats(out), **pad,
+               "train_seconds": round(train_s, 1), "seconds": round(time.perf_counter() - t0, 1),
+               "threads": threads}
+        _write_json(record, rec)
+        log(f"{row} seed {seed}: {rec['seconds']:.0f} s, dev AP50 {rec['ap'][DEV]['mAP']:.1f}")
+
+    def run_all(self, jobs):
+        """Run (row, seed) pairs, ``--jobs`` at a time, one thread each (or all threads for one job)."""
+        todo = [j for j in jobs if not os.path.exists(self.record_path(*j))]
+        if not todo:
+            return
+        threads = 1 if self.args.jobs > 1 else 2
+        errors = []
+        with futures.ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
+            for fut in futures.as_completed([pool.submit(self.run, r, s, threads) for r, s in todo]):
+                try:
+                    fut.result()
+                except Exception as e:  # keep the other runs going; report at the end
+                    errors.append(str(e))
+                    log(f"FAILED: {e}")
+        if errors:
+            raise SystemExit("[study] some runs failed:\n" + "\n".join(errors))
+
+    # -- results --------------------------------------------------------------------------------------
+    def load(self):
+        recs = {}
+        for row in ROWS:
+            d = os.path.join(self.args.results, row)
+            if not os.path.isdir(d):
+                continue
+            for f in sorted(os.listdir(d)):
+                if f.startswith("seed") and f.endswith(".json"):
+                    with open(os.path.join(d, f)) as fh:
+                        r = json.load(fh)
+                    recs.setdefault(row, {})[int(r["seed"])] = r
+        return recs
+
+    def chosen_alpha(self, recs):
+        """The α whose first-order row has the best mean AP50 on the target *dev* split (sweep seeds only)."""
+        best = None
+        for a in ALPHAS:
+            runs = recs.get(f"metaalign_fo_a{a}", {})
+            vals = [runs[s]["ap"][DEV]["mAP"] for s in self.args.sweep_seeds if s in runs]
+            if len(vals) == len(self.args.sweep_seeds):
+                m = statistics.fmean(vals)
+                if best is None or m > best[1]:
+                    best = (a, m)
+        return None if best is None else best[0]
+
+
+def _write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------------------------------------
+def _ci(c):
+    if c["half_width"] is None:
+        return f"{c['mean']:.1f}"
+    return f"{c['mean']:.1f} [{c['low']:.1f}, {c['high']:.1f}]"
+
+
+def _diff(d):
+    if d is None:
+        return "-"
+    if d["half_width"] is None:
+        return f"{d['mean']:+.1f} (1 seed)"
+    return f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+
+
+def summarize(study, recs):
+    a = study.args
+    alpha = study.chosen_alpha(recs)
+    base = None
+    if os.path.exists(study.base_record()):
+        with open(study.base_record()) as f:
+            base = json.load(f)
+    test = {row: {s: r["ap"][TEST]["mAP"] for s, r in runs.items()} for row, runs in recs.items()}
+    so, da, oracle = test.get("source_only", {}), test.get("da_joint", {}), test.get("oracle", {})
+    lines = []
+    if base:
+        curve = ", ".join(f"{k}: {v:.1f}" for k, v in base["curve_source_val_ap50"].items())
+        lines += [f"**Base detector** (R18-FPN source-only from random init, lr {base['lr']}, "
+                  f"{base['iterations']} iterations; source-val AP50 by iteration: {curve}): target test AP50 "
+                  f"{base['ap'][TEST]['mAP']:.1f}, target dev {base['ap'][DEV]['mAP']:.1f}, source val "
+                  f"{base['ap'][SOURCE_VAL]['mAP']:.1f}; PAD locations {base['pad']['pad'].get('locations', float('nan')):.2f}, "
+                  f"ROI {base['pad']['pad'].get('roi', float('nan')):.2f}.", ""]
+    if alpha is not None:
+        dev = {x: statistics.fmean(recs[f"metaalign_fo_a{x}"][s]["ap"][DEV]["mAP"] for s in a.sweep_seeds)
+               for x in ALPHAS if all(s in recs.get(f"metaalign_fo_a{x}", {}) for s in a.sweep_seeds)}
+        lines += ["MetaAlign α chosen on the target **dev** split (mean AP50 over seeds "
+                  f"{list(a.sweep_seeds)}): " + ", ".join(f"α = {x} × lr: {v:.1f}" for x, v in dev.items())
+                  + f" → **α = {alpha} × lr**.", ""]
+    lines += [f"AP50 (coco101) on `{TEST}` ({a.iters} iterations from the base, lr {a.lr}); mean and 95% "
+              "t-interval over seeds; Δ = paired per-seed difference with its 95% interval; gap closed = "
+              "mean Δ to source-only / mean (oracle − source-only) over the same seeds.", "",
+              "| method | seeds | target test AP50 | per seed | Δ vs source-only | Δ vs DA joint | gap closed "
+              "| target dev | source val | PAD loc / ROI | grad_cos (train) | disc. acc img / ins (src, tgt) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x in ALPHAS] + \
+        ["metaalign_fo_align_first", "metaalign_so", "oracle"]
+    for row in order:
+        runs = recs.get(row)
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        vals = [test[row][s] for s in seeds]
+        label = ROWS[row][2] + (" **(chosen α)**" if alpha is not None and row == f"metaalign_fo_a{alpha}" else "")
+        d_so = paired_difference(test[row], so) if row != "source_only" else None
+        d_da = paired_difference(test[row], da) if row not in ("da_joint",) else None
+        gap = "-"
+        if row not in ("source_only", "oracle") and d_so is not None:
+            shared = sorted(set(d_so["seeds"]) & set(oracle))
+            if shared:
+                g = statistics.fmean(oracle[s] - so[s] for s in shared)
+                mine = statistics.fmean(test[row][s] - so[s] for s in shared)
+                gap = f"{100 * mine / g:.0f}%" if g > 0 else "-"
+        dev = statistics.fmean(runs[s]["ap"][DEV]["mAP"] for s in seeds)
+        src = statistics.fmean(runs[s]["ap"][SOURCE_VAL]["mAP"] for s in seeds)
+        pads = [runs[s].get("pad", {}) for s in seeds]
+        pad = "/".join(f"{statistics.fmean(p[k] for p in pads):.2f}" if all(k in p for p in pads) else "-"
+                       for k in ("locations", "roi"))
+        cos = [runs[s]["grad_cos_mean"] for s in seeds if runs[s].get("grad_cos_mean") is not None]
+        cos_s = f"{statistics.fmean(cos):+.3f}" if cos else "-"
+        accs = [runs[s].get("da_acc_last") or {} for s in seeds]
+
+        def acc(k):
+            v = [x[k] for x in accs if k in x]
+            return f"{statistics.fmean(v):.2f}" if v else "-"
+        acc_s = (f"{acc('da/img_acc_source')}, {acc('da/img_acc_target')} / "
+                 f"{acc('da/ins_acc_source')}, {acc('da/ins_acc_target')}") if any(accs) else "-"
+        lines.append(f"| {label} | {len(seeds)} | {_ci(mean_ci(vals))} | {' / '.join(f'{v:.1f}' for v in vals)} "
+                     f"| {_diff(d_so)} | {_diff(d_da)} | {gap} | {dev:.1f} | {src:.1f} | {pad} | {cos_s} | {acc_s} |")
+    core_rows = list(CORE) + ([f"metaalign_fo_a{alpha}"] if alpha is not None else [])
+    core_s = sum(r["seconds"] for row in core_rows for r in recs.get(row, {}).values())
+    all_s = sum(r["seconds"] for runs in recs.values() for r in runs.values())
+    lines += ["", f"Run time (sum of per-run wall times, {a.jobs} runs at a time with "
+              f"{1 if a.jobs > 1 else 2} thread(s) each, start-up, evaluation and PAD included): core rows "
+              f"{core_s / 60:.0f} min of runs ≈ {core_s / 60 / a.jobs:.0f} min wall; all rows "
+              f"{all_s / 60:.0f} min of runs ≈ {all_s / 60 / a.jobs:.0f} min wall."]
+    return "\n".join(lines), alpha
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--stage", choices=["all", "base", "sweep", "core", "extra"], default="all")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="core rows' seeds")
+    p.add_argument("--sweep-seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="seeds of the α sweep and of the extra rows")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), help="run only these rows (on --seeds)")
+    p.add_argument("--iters", type=int, default=400)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--base-iters", type=int, default=1500)
+    p.add_argument("--base-max-iters", type=int, default=3000)
+    p.add_argument("--base-eval-period", type=int, default=250)
+    p.add_argument("--base-tol", type=float, default=1.0)
+    p.add_argument("--base-lr", type=float, default=0.01)
+    p.add_argument("--base-seed", type=int, default=0)
+    p.add_argument("--pad-images", type=int, default=200)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "output", "adaptation_study"))
+    p.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results", "adaptation_study"))
+    p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--docs", action="store_true", help="also write docs/adaptation_study.md")
+    args = p.parse_args()
+    study = Study(args)
+    t0 = time.perf_counter()
+    if not args.summary_only:
+        study.train_base()
+        if args.rows:
+            study.run_all([(r, s) for s in args.seeds for r in args.rows])
+        else:
+            if args.stage in ("all", "sweep", "core"):
+                study.run_all([(f"metaalign_fo_a{a}", s) for s in args.sweep_seeds for a in ALPHAS])
+            if args.stage in ("all", "core"):
+                alpha = study.chosen_alpha(study.load())
+                core = list(CORE) + [f"metaalign_fo_a{alpha}"]
+                study.run_all([(r, s) for s in args.seeds for r in core])  # seed-major
+            if args.stage in ("all", "extra"):
+                extra = ["da_img", "metaalign_fo_align_first", "metaalign_so"]
+                study.run_all([(r, s) for s in args.sweep_seeds for r in extra])
+    table, _ = summarize(study, study.load())
+    print("\n" + table + f"\n\n(this invocation: {(time.perf_counter() - t0) / 60:.1f} min)")
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, "summary.md"), "w") as f:
+        f.write(table + "\n")
+    if args.docs:
+        shutil.copy(os.path.join(args.results, "summary.md"), os.path.join(ROOT, "docs", "adaptation_study.md"))
+
+
+if __name__ == "__main__":
+    main()

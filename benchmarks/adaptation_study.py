@@ -427,7 +427,9 @@ def main():
             study.run_all([(r, s) for s in args.seeds for r in args.rows])
         else:
             if args.stage in ("all", "sweep", "core"):
-                study.run_all([(f"metaalign_fo_a{a}", s) for s in args.sweep_seeds for a in ALPHAS])
+                # the α sweep, with the other core rows on the same seeds (seed-major: early paired numbers)
+                rows = ["source_only", "da_joint"] + [f"metaalign_fo_a{a}" for a in ALPHAS] + ["oracle"]
+                study.run_all([(r, s) for s in args.sweep_seeds for r in rows])
             if args.stage in ("all", "core"):
                 alpha = study.chosen_alpha(study.load())
                 core = list(CORE) + [f"metaalign_fo_a{alpha}"]

@@ -353,9 +353,7 @@ def summarize(study, recs):
               "| method | seeds | target test AP50 | per seed | Δ vs source-only | Δ vs DA joint | gap closed "
               "| target dev | source val | PAD loc / ROI | grad_cos (train) | disc. acc img / ins (src, tgt) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x in ALPHAS] + \
-        ["metaalign_fo_align_first", "metaalign_so", "oracle"]
-    for row in order:
+    for row in ROW_ORDER:
         runs = recs.get(row)
         if not runs:
             continue
@@ -395,6 +393,40 @@ def summarize(study, recs):
               f"{core_s / 60:.0f} min of runs ≈ {core_s / 60 / a.jobs:.0f} min wall; all rows "
               f"{all_s / 60:.0f} min of runs ≈ {all_s / 60 / a.jobs:.0f} min wall."]
     return "\n".join(lines), alpha
+
+
+ROW_ORDER = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x in ALPHAS] + \
+    ["metaalign_fo_align_first", "metaalign_so", "oracle"]
+
+
+def plot_study(recs, png, split=TEST):
+    """Per-seed target AP50 of every row (one line per seed joins its runs: the pairing), mean and 95% CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in ROW_ORDER if recs.get(r)]
+    seeds = sorted({s for r in rows for s in recs[r]})
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows)), 4.2), dpi=100)
+    cmap = plt.get_cmap("tab10")
+    for k, seed in enumerate(seeds):
+        xs = [i for i, r in enumerate(rows) if seed in recs[r]]
+        ys = [recs[rows[i]][seed]["ap"][split]["mAP"] for i in xs]
+        ax.plot(xs, ys, "-o", color=cmap(k % 10), alpha=0.45, lw=0.9, ms=3, label=f"seed {seed}")
+    for i, r in enumerate(rows):
+        c = mean_ci([recs[r][s]["ap"][split]["mAP"] for s in sorted(recs[r])])
+        err = 0.0 if c["half_width"] is None else c["half_width"]
+        ax.errorbar([i + 0.12], [c["mean"]], yerr=[err], fmt="s", color="k", ms=5, capsize=4, lw=1.5)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([ROWS[r][2].replace(", ", ",\n", 1) for r in rows], fontsize=7, rotation=0)
+    ax.set_ylabel(f"AP50 on {split}")
+    ax.set_title("Target AP50 per seed (lines join one seed's runs) and mean ± 95% CI (black)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(seeds), loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
 
 
 def main():
@@ -437,13 +469,19 @@ def main():
             if args.stage in ("all", "extra"):
                 extra = ["da_img", "metaalign_fo_align_first", "metaalign_so"]
                 study.run_all([(r, s) for s in args.sweep_seeds for r in extra])
-    table, _ = summarize(study, study.load())
+    recs = study.load()
+    table, _ = summarize(study, recs)
     print("\n" + table + f"\n\n(this invocation: {(time.perf_counter() - t0) / 60:.1f} min)")
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "summary.md"), "w") as f:
         f.write(table + "\n")
+    png = os.path.join(args.results, "summary.png")
+    if recs:
+        plot_study(recs, png)
     if args.docs:
         shutil.copy(os.path.join(args.results, "summary.md"), os.path.join(ROOT, "docs", "adaptation_study.md"))
+        if recs:
+            shutil.copy(png, os.path.join(ROOT, "docs", "adaptation_study.png"))
 
 
 if __name__ == "__main__":

@@ -114,10 +114,12 @@ def _batches(cfg, name, max_images, seed, batch_size=4):
 def analyze(cfg, weights, source, target, levels, args):
     """PAD per representation and grad_cos for one checkpoint; returns a dict."""
     model = build_model(cfg)
-    for warning in load_checked_weights(model, weights):
-        if "not in the checkpoint" in warning and "da_" in warning:
-            continue  # a checkpoint trained without DA heads: they start from their init here
-        logging.getLogger(__name__).warning(warning)
+    load_checked_weights(model, weights)  # raises on a checkpoint that does not fit the config
+    state = torch.load(weights, map_location="cpu", weights_only=False) if weights.endswith(".pth") else {}
+    keys = set(state.get("model", state)) if isinstance(state, dict) else set()
+    # a checkpoint trained without DA heads (source-only): the heads keep their initialisation here
+    heads_from_init = any(k.startswith(("da_img_head.", "da_ins_head.")) for k in model.state_dict()) and \
+        not any(k.startswith(("da_img_head.", "da_ins_head.")) for k in keys)
     t0 = time.perf_counter()
     feats = {}
     for dom, name in (("source", source), ("target", target)):
@@ -137,7 +139,8 @@ def analyze(cfg, weights, source, target, levels, args):
     return {
         "weights": weights,
         "pad": pad,
-        "grad_cos": None if not cos else {"mean": statistics.mean(cos), "values": cos},
+        "grad_cos": None if not cos else {"mean": statistics.mean(cos), "values": cos,
+                                          "da_heads_from_init": heads_from_init},
         "seconds": round(time.perf_counter() - t0, 1),
     }
 

@@ -4,6 +4,7 @@ Importing this registers every builtin dataset name (``datasets/builtin.py``) wi
 """
 from . import datasets  # noqa: F401  (registers the builtin datasets; reads no file)
 from .datasets import datasets_root, register_all_builtin
+from .mapper import SafeImageMapper, UnreadableImageError
 from .pairs import (
     load_manifest,
     pair_dataset_names,
@@ -22,4 +23,6 @@ __all__ = [
     "register_pair_manifests",
     "registered_pairs",
     "unregister_domain_pair",
+    "SafeImageMapper",
+    "UnreadableImageError",
 ]

@@ -28,6 +28,8 @@ from detectron2.data import (
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
+from .mapper import SafeImageMapper
+
 __all__ = [
     "PairedDataLoader",
     "ResumableTrainingSampler",
@@ -109,7 +111,7 @@ def _domain_loader(cfg, dataset_dicts, total_batch_size, seed, skip, mapper):
     sampler = ResumableTrainingSampler(len(dataset_dicts), shuffle=True, seed=seed, skip=skip)
     loader = build_detection_train_loader(
         dataset=dataset_dicts,
-        mapper=mapper,
+        mapper=SafeImageMapper(mapper, fallback=dataset_dicts),  # an unreadable image: named, replaced (same domain)
         sampler=sampler,
         total_batch_size=total_batch_size,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,

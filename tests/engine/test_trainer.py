@@ -6,7 +6,8 @@ import pytest
 import torch
 from detectron2.engine import HookBase
 
-from tests.engine.helpers import build_trainer, one_step, quick_cfg, train
+from tests.helpers.configs import quick_cfg
+from tests.helpers.training import build_trainer, one_step, train
 from metaalign_det.engine import MetaAlignTrainer
 
 

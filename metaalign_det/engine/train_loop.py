@@ -5,9 +5,15 @@ one step function for every mode (``none`` = plain joint DA, ``first_order``, ``
 ``run_step`` is split into small overridable pieces (ALDI style): ``compute_gradients`` (the meta step),
 ``assign_gradients`` (one all-reduce, then ``p.grad``), ``write_step_metrics`` and ``optimizer_step``.
 The AMP subclass only changes the autocast context, the loss scale and the optimizer step.
+
+Divergence never reaches a checkpoint: a step stops training (FloatingPointError, one line) before the
+update when its gradients or losses are non-finite (``check_finite``), and after the update -- still inside
+``run_step``, so before the checkpoint hook of that iteration runs -- when the updated weights are
+non-finite or one update grew their norm more than ``max_weight_norm_growth`` times (``check_update``).
 """
 import contextlib
 import logging
+import math
 import time
 from typing import Dict, Optional
 
@@ -17,6 +23,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from .. import compat
 from ..meta import meta_align_grads, resolve_direction, select_params
 from .distributed import all_reduce_mean_, world_size
 
@@ -132,13 +139,21 @@ class LossEvaluator:
 
 
 class MetaAlignSimpleTrainer(SimpleTrainer):
-    """SimpleTrainer over a paired loader whose gradient is the MetaAlign meta-gradient (or the joint one)."""
+    """SimpleTrainer over a paired loader whose gradient is the MetaAlign meta-gradient (or the joint one).
+
+    Attributes:
+        max_weight_norm_growth: an update that makes the 2-norm of the trainable weights more than this many
+            times larger is divergence (healthy SGD steps change it by well under 1%); ``None`` disables the
+            growth test (non-finite weights still stop training).
+    """
+
+    max_weight_norm_growth: Optional[float] = 10.0
 
     def __init__(self, model, data_loader, optimizer, options: Optional[MetaAlignStepOptions] = None,
                  seed: Optional[int] = None):
-        # Explicit: in the AMP subclass the MRO's next class is AMPTrainer, whose __init__ builds a CUDA-only
-        # GradScaler; MetaAlignAMPTrainer builds its own.
-        SimpleTrainer.__init__(self, model, data_loader, optimizer)
+        # Not super(): in the AMP subclass the MRO's next class is AMPTrainer (see compat.init_step_trainer);
+        # MetaAlignAMPTrainer builds its own GradScaler.
+        compat.init_step_trainer(self, model, data_loader, optimizer)
         self.options = options or MetaAlignStepOptions()
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # Every trainable parameter gets a gradient; META.PARAMS only restricts which ones take the inner
@@ -225,6 +240,32 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def optimizer_step(self):
         self.optimizer.step()
 
+    def weight_norm(self) -> float:
+        """2-norm of all trainable weights, accumulated in float64 (no overflow for any finite fp32 weight:
+        finite exactly when every weight is finite)."""
+        tensors = [p.detach() for p in self.params.values() if p.numel()]
+        if not tensors:
+            return 0.0
+        norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
+        return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+    def check_update(self, norm_before: float, norm_after: float):
+        """Stop (before this iteration's checkpoint hook runs) when the update diverged: non-finite weights,
+        or a norm that one step multiplied by more than ``max_weight_norm_growth``."""
+        growth = self.max_weight_norm_growth
+        if math.isfinite(norm_after) and not (growth and norm_before > 0 and norm_after > growth * norm_before):
+            return
+        if math.isfinite(norm_after):
+            what = (f"one update grew the trainable weights' norm from {norm_before:.4g} to {norm_after:.4g} "
+                    f"(more than {growth:g}x)")
+        else:
+            what = "the update made the weights non-finite"
+        raise FloatingPointError(
+            f"training diverged at iteration {self.iter}: {what} at lr {self.current_lr():.4g} "
+            f"(META.MODE={self.options.mode}); stopped before any checkpoint of these weights was written, the "
+            f"last checkpoint is intact. Lower SOLVER.BASE_LR (in the meta modes also META.INNER_LR_SCALE)."
+        )
+
     def write_step_metrics(self, losses, stats, data_time):
         """Like SimpleTrainer.write_metrics (one gather), plus the meta/* series."""
         metrics = {k: float(v) for k, v in losses.items()}
@@ -261,7 +302,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def run_step(self):
         assert self.model.training, "[MetaAlignTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        source, target = next(self._data_loader_iter)
+        source, target = compat.next_batch(self)
         data_time = time.perf_counter() - start
         grads, stats, losses = self.compute_gradients(source, target)
         stats["inner_lr"] = self.options.inner_lr_scale * self.current_lr()
@@ -270,7 +311,11 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         self.assign_gradients(grads, stats)
         self.check_finite(stats, losses)
         self.write_step_metrics(losses, stats, data_time)
+        norm_before = self.weight_norm()
         self.optimizer_step()
+        # The checkpoint hook saves the weights of this update right after run_step: a diverging update
+        # (finite gradients, too large a step) must stop here. Identical on every process (same weights).
+        self.check_update(norm_before, self.weight_norm())
 
     # -- checkpointed state: RNG streams, so that kill-and-resume reproduces the uninterrupted run ------
     def state_dict(self):

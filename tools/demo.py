@@ -27,7 +27,7 @@ from detectron2.engine import default_setup  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from metaalign_det.engine import MetaAlignTrainer  # noqa: E402
-from metaalign_det.engine.setup import setup_cfg  # noqa: E402
+from metaalign_det.cli import setup_cfg  # noqa: E402
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
 
 from ..data.paired_loader import build_paired_train_loader
+from ..evaluation import build_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import broadcast_module_
 from .printer import TrainingMetricPrinter
@@ -88,8 +89,6 @@ class MetaAlignTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from ..evaluation import build_evaluator
-
         return build_evaluator(cfg, dataset_name, output_folder)
 
     def resume_or_load(self, resume=True):

@@ -17,10 +17,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..utils.io import atomic_write_json
 from .ap import METRICS, APResult, compute_ap
 from .gather import gather_tensors
 from .ground_truth import evaluation_order, ground_truth_tensors, image_key
-from .io import atomic_write_json
 from .table import ap_key, format_ap_table, protocol_text
 
 __all__ = ["DetectionAPEvaluator", "build_evaluator"]

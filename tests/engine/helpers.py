@@ -7,7 +7,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from metaalign_det.engine import MetaAlignTrainer
-from metaalign_det.engine.setup import setup_cfg
+from metaalign_det.cli import setup_cfg
 from tests.toy_data import register_toy_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

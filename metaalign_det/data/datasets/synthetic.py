@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from ...utils.io import atomic_write_json
+
 __all__ = [
     "SYNTHETIC_CLASSES",
     "GENERATOR_VERSION",
@@ -474,8 +476,6 @@ def _write_png(path, rgb_or_gray):
 
 def _generate(out_dir, params):
     """Write every image, depth map and COCO JSON of the pair into ``out_dir`` (stamp last)."""
-    from .coco_cache import write_json_atomic
-
     n = {"train": params.n_train, "val": params.n_val, "dev": params.n_dev, "test": params.n_test}
     categories = [{"id": i + 1, "name": c} for i, c in enumerate(SYNTHETIC_CLASSES)]
     coco = {k: {"images": [], "annotations": [], "categories": categories} for k in _SPLITS}
@@ -514,8 +514,9 @@ def _generate(out_dir, params):
                 "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1]),
             })
     for (dom, split), c in coco.items():
-        write_json_atomic(os.path.join(out_dir, "annotations", f"{dom}_{split}.json"), c)
-    write_json_atomic(os.path.join(out_dir, STAMP_FILE), {"stamp": params.stamp(), "digest": params.digest()})
+        atomic_write_json(os.path.join(out_dir, "annotations", f"{dom}_{split}.json"), c, indent=None)
+    atomic_write_json(os.path.join(out_dir, STAMP_FILE), {"stamp": params.stamp(), "digest": params.digest()},
+                      indent=None)
 
 
 def _read_stamp(path):

@@ -23,14 +23,14 @@ import torch
 from common import preset_cfg
 from detectron2.modeling import build_model
 
-from metaalign_det.meta import step as step_mod
+from metaalign_det.meta import grad_stats as grad_stats_mod
 
 def loop(g1, g2):
     """The step's own helpers: isfinite(g1), the grad_cos terms, isfinite of the result (here g1)."""
-    ok = step_mod._all_finite(g1)
+    ok = grad_stats_mod._all_finite(g1)
     touched = [True] * len(g1)
-    t = step_mod._cos_terms(g1, g2, touched, touched)
-    fin_total = step_mod._all_finite(g1)
+    t = grad_stats_mod._cos_terms(g1, g2, touched, touched)
+    fin_total = grad_stats_mod._all_finite(g1)
     vals = torch.stack([t["dot"], t["aa"], t["dd"], t["aa_shared"] + t["dd_shared"]]).tolist()
     return vals[:3] + [float(ok and fin_total)]
 

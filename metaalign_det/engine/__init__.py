@@ -1,5 +1,6 @@
 from .trainer import MetaAlignTrainer, build_step_trainer
-from .train_loop import LossEvaluator, MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
+from .loss_evaluator import LossEvaluator
+from .train_loop import MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
 
 __all__ = ["MetaAlignTrainer", "build_step_trainer", "LossEvaluator", "MetaAlignSimpleTrainer",
            "MetaAlignAMPTrainer", "MetaAlignStepOptions"]

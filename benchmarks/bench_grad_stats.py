@@ -6,7 +6,7 @@
 
 Every MetaAlign step computes, over all trainable parameters: "all finite" of the inner gradient g1, the
 grad_cos terms (<g_align, g_det> and squared norms, over all and over shared parameters) and "all finite" of
-the returned gradient. ``metaalign_det.meta.step`` runs them as a per-parameter loop (``torch.dot`` in fp32
+the returned gradient. ``metaalign_det.meta.grad_stats`` runs them as a per-parameter loop (``torch.dot`` in fp32
 per tensor summed in float64, ``isfinite(t).all()`` per tensor: several small kernels per parameter), timed
 below through its own helpers. The candidate replaces it with ``torch._foreach_norm`` accumulated in float64
 (one fused kernel per dtype group on CUDA; per-parameter norms reused for the finite check and every

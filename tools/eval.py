@@ -24,14 +24,6 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from metaalign_det.evaluation import (
-    METRICS,
-    DetectionAPEvaluator,
-    WeightsMismatchError,
-    format_ap_table,
-    load_checked_weights,
-    protocol_text,
-)
 from metaalign_det.cli import (
     ToolError,
     check_datasets,
@@ -41,6 +33,14 @@ from metaalign_det.cli import (
     register_coco_json,
     register_config_datasets,
     split_config_overrides,
+)
+from metaalign_det.evaluation import (
+    METRICS,
+    DetectionAPEvaluator,
+    WeightsMismatchError,
+    format_ap_table,
+    load_checked_weights,
+    protocol_text,
 )
 from metaalign_det.evaluation.ap import default_max_dets
 from metaalign_det.utils.io import atomic_write_json

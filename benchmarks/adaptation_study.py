@@ -49,6 +49,7 @@ sys.path.insert(0, ROOT)
 DEMO = os.path.join(ROOT, "configs", "demo")
 
 from metaalign_det.analysis.stats import mean_ci, paired_difference  # noqa: E402  (pure Python)
+from metaalign_det.utils.io import atomic_open  # noqa: E402
 
 TEST, DEV, SOURCE_VAL = "synthetic_foggy_test", "synthetic_foggy_dev", "synthetic_clear_val"
 PAD_SOURCE, PAD_TARGET = "synthetic_clear_test", "synthetic_foggy_test"
@@ -299,12 +300,10 @@ class Study:
 
 
 def _write_json(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    # atomic_open, not atomic_write_json: records keep NaN tokens (read back as nan by _read_ap & co.)
+    with atomic_open(path, binary=False) as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------

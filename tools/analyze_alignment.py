@@ -31,23 +31,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import metaalign_det  # noqa: E402,F401  (compat first; registers models and datasets)
 import torch  # noqa: E402
-from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
+from detectron2.data import DatasetMapper  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from metaalign_det.analysis import proxy_a_distance  # noqa: E402
 from metaalign_det.analysis.features import REPRESENTATIONS, domain_features, gradient_agreement  # noqa: E402
-from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights  # noqa: E402
-from metaalign_det.evaluation.cli import (  # noqa: E402
+from metaalign_det.cli import (  # noqa: E402
     ToolError,
     check_datasets,
     fail,
     load_config,
+    load_dataset_dicts,
     register_coco_json,
-    register_config_datasets,
     split_config_overrides,
 )
-from metaalign_det.evaluation.io import atomic_write_json  # noqa: E402
+from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights  # noqa: E402
+from metaalign_det.utils.io import atomic_write_json  # noqa: E402
 
 TOOL = "analyze_alignment.py"
 
@@ -85,14 +85,15 @@ def _setup(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = cfg.MODEL.DEVICE if torch.cuda.is_available() else "cpu"
     cfg.freeze()
-    register_coco_json(args.coco_json)
-    register_config_datasets(cfg)
+    register_coco_json(args.coco_json)  # the config's DATASETS.PAIR_MANIFESTS: registered by load_config
     source = args.source_dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None)
     target = args.target_dataset or (cfg.DATASETS.TRAIN_TARGET[0] if cfg.DATASETS.TRAIN_TARGET else
                                      (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None))
     if not source or not target:
         raise ToolError("no source/target dataset: pass --source-dataset and --target-dataset")
     check_datasets([source, target])
+    for name in (source, target):
+        load_dataset_dicts(name)  # unreadable or empty: one line now, not a traceback mid-analysis
     for w in args.weights:
         if not os.path.isfile(w):
             raise ToolError(f"--weights {w}: no such file")
@@ -101,9 +102,7 @@ def _setup(args):
 
 
 def _batches(cfg, name, max_images, seed, batch_size=4):
-    dicts = list(DatasetCatalog.get(name))
-    if not dicts:
-        raise ToolError(f"dataset '{name}' has no images")
+    dicts = list(load_dataset_dicts(name))
     random.Random(seed).shuffle(dicts)
     dicts = [{k: v for k, v in d.items() if k != "annotations"} for d in dicts[:max_images]]
     mapper = DatasetMapper(cfg, is_train=False)

@@ -2,6 +2,10 @@
 
 Importing this registers every builtin dataset name (``datasets/builtin.py``) without reading any file.
 """
+from .. import compat
+
+compat.apply()  # before any detectron2 import; without detectron2: ImportError saying how to get it
+
 from . import datasets  # noqa: F401  (registers the builtin datasets; reads no file)
 from .datasets import datasets_root, register_all_builtin
 from .mapper import SafeImageMapper, UnreadableImageError

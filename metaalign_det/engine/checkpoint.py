@@ -6,11 +6,14 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..utils.io import atomic_open, atomic_write_bytes
+
 __all__ = ["AtomicDetectionCheckpointer"]
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` whose ``save`` / ``tag_last_checkpoint`` write a temp file and rename it.
+    """``DetectionCheckpointer`` whose ``save`` / ``tag_last_checkpoint`` go through
+    :func:`metaalign_det.utils.io.atomic_open` (temp file, fsync, rename; mode 0644).
 
     ``save`` refuses (FloatingPointError) a model with a non-finite floating-point weight or buffer: the
     trainer stops a diverged run before its checkpoint hook, this is the last line of defence.
@@ -32,21 +35,13 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             data[key] = obj.state_dict()
         data.update(kwargs)
         save_file = os.path.join(self.save_dir, f"{name}.pth")
-        tmp = save_file + ".tmp"
         self.logger.info("Saving checkpoint to {}".format(save_file))
-        with open(tmp, "wb") as f:
+        with atomic_open(save_file) as f:
             torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, save_file)
         self.tag_last_checkpoint(os.path.basename(save_file))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        save_file = os.path.join(self.save_dir, "last_checkpoint")
-        tmp = save_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(last_filename_basename)
-        os.replace(tmp, save_file)
+        atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename.encode("utf-8"))
 
     def _load_file(self, filename: str):
         try:

@@ -1,97 +1,23 @@
-"""Building a config the way every tool of this project does, and setting up a run (logging, seeds)."""
-import ast
+"""Setting up a run the way every tool of this project does: output directory, logging (dumps to the log file
+only), config.yaml, seeds. Building the config itself is :func:`metaalign_det.cli.setup_cfg`."""
 import logging
 import os
 import re
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_metaalign_config
-
-__all__ = ["setup_cfg", "setup_run", "setup_logging", "FILE_ONLY"]
+__all__ = ["setup_run", "setup_logging", "FILE_ONLY"]
 
 # ``logging`` extra for records that belong in OUTPUT_DIR/log.txt only (dumps of the environment, the config,
 # the model): the console handlers set up by :func:`setup_logging` drop them.
 FILE_ONLY = {"file_only": True}
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_FLOAT_INT_MISMATCH = re.compile(
-    r"Type mismatch \(<class 'float'> vs\. <class 'int'>\) with values \((.*) vs\. (.*)\) for config key: (\S+)"
-)
-
-
-def setup_cfg(config_file, opts=(), freeze=True):
-    """detectron2 defaults + this project's keys + ``config_file`` (with ``_BASE_``) + ``KEY VALUE`` overrides;
-    then registers the domain-pair manifests it names (DATASETS.PAIR_MANIFESTS).
-
-    A float key given an integer on the command line (``META.INNER_LR_SCALE 10``) takes it as a float.
-
-    Errors: a missing config file, an unknown key or a value of the wrong type -> FileNotFoundError /
-    KeyError / ValueError with one line naming it.
-    """
-    cfg = get_cfg()
-    add_metaalign_config(cfg)
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"--config-file {config_file}: no such file")
-        try:
-            cfg.merge_from_file(config_file)
-        except ValueError as e:
-            m = _FLOAT_INT_MISMATCH.search(str(e))
-            if m:
-                raise ValueError(f"{config_file}: {m.group(3)} is a float key: write {m.group(2)}.0, not "
-                                 f"{m.group(2)}") from None
-            raise ValueError(f"{config_file}: {e}") from None
-    if opts:
-        if len(opts) % 2:
-            raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd list: {list(opts)}")
-        try:
-            cfg.merge_from_list(_ints_for_float_keys(cfg, opts))
-        except (KeyError, AssertionError) as e:
-            raise KeyError(f"config override {list(opts)}: {e}") from None
-        except ValueError as e:
-            raise ValueError(f"config override {list(opts)}: {e}") from None
-    if freeze:
-        cfg.freeze()
-    _register_manifests(cfg)
-    return cfg
-
-
-def _ints_for_float_keys(cfg, opts):
-    """``opts`` with every integer value of a float-typed key written as a float (yacs refuses int -> float)."""
-    out = list(opts)
-    for i in range(0, len(out), 2):
-        node = cfg
-        try:
-            for part in str(out[i]).split("."):
-                node = node[part]
-        except (KeyError, TypeError):
-            continue  # unknown key: merge_from_list names it
-        if not isinstance(node, float):
-            continue
-        value = out[i + 1]
-        if isinstance(value, str):
-            try:
-                value = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                continue  # not a number: yacs reports the mismatch
-        if isinstance(value, int) and not isinstance(value, bool):
-            out[i + 1] = repr(float(value)) if isinstance(out[i + 1], str) else float(value)
-    return out
-
-
-def _register_manifests(cfg):
-    if not cfg.DATASETS.PAIR_MANIFESTS:
-        return
-    from ..data import register_pair_manifests
-
-    register_pair_manifests(cfg.DATASETS.PAIR_MANIFESTS)
 
 
 # ---- run set-up -------------------------------------------------------------------------------------------

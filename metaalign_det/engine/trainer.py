@@ -21,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 
 from .. import compat
 from ..data.paired_loader import build_paired_train_loader
+from ..evaluation import build_evaluator
 from ..evaluation.ap import METRICS
 from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import broadcast_module_
@@ -196,8 +197,6 @@ class MetaAlignTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from ..evaluation import build_evaluator
-
         return build_evaluator(cfg, dataset_name, output_folder)
 
     def resume_or_load(self, resume=True):

@@ -323,7 +323,7 @@ def test_registered_target_without_classes_is_unlabelled(trees):
 
 def test_paired_loader_gets_the_unlabelled_target_images(trees, tmp_path, monkeypatch):
     from metaalign_det.data.paired_loader import build_paired_train_loader
-    from metaalign_det.engine.setup import setup_cfg
+    from metaalign_det.cli import setup_cfg
 
     monkeypatch.setenv("DETECTRON2_DATASETS", trees)
     paths = _target_images(trees)

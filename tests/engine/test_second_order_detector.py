@@ -9,7 +9,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from metaalign_det.engine.train_loop import LossEvaluator
+from metaalign_det.engine.loss_evaluator import LossEvaluator
 from metaalign_det.meta import meta_align_grads
 from metaalign_det.modeling import GradientReversal
 from tests.helpers.configs import enable_da, make_inputs, tiny_fpn_cfg

@@ -2,7 +2,7 @@
 import pytest
 
 from tests.helpers.configs import QUICK
-from metaalign_det.engine.setup import setup_cfg
+from metaalign_det.cli import setup_cfg
 
 
 def test_float_keys_take_integers_from_the_command_line():

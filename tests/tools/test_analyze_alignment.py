@@ -10,7 +10,7 @@ import torch
 import metaalign_det  # noqa: F401  (compat before detectron2)
 from detectron2.modeling import build_model
 
-from metaalign_det.engine.setup import setup_cfg
+from metaalign_det.cli import setup_cfg
 from tests.toy_data import make_toy_coco
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -14,11 +14,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+
+from ...utils.io import atomic_write_json
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
-    "write_json_atomic",
     "fingerprint_files",
     "cache_dir_for",
     "load_or_build",
@@ -31,21 +31,6 @@ logger = logging.getLogger(__name__)
 
 # Bump when the content of any cache changes meaning (box convention, fields): old caches get rebuilt.
 CACHE_FORMAT_VERSION = 1
-
-
-def write_json_atomic(path, obj):
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def fingerprint_files(paths, base):
@@ -108,7 +93,7 @@ def load_or_build(cache_file, kind, fingerprint, build):
     coco = build()
     coco["metaalign"] = stamp
     try:
-        write_json_atomic(cache_file, coco)
+        atomic_write_json(cache_file, coco, indent=None)  # mode 0644: a shared dataset folder stays readable
     except OSError as e:  # a read-only tree must not stop training: serve the fresh conversion uncached
         logger.warning("could not write annotation cache %s (%s); continuing without it", cache_file, e)
     return coco

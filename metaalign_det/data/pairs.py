@@ -44,6 +44,7 @@ an error. ``tools/train_net.py`` calls :func:`register_pair_manifests` on ``cfg.
 before building any loader.
 """
 import copy
+import functools
 import json
 import os
 import re
@@ -266,8 +267,8 @@ def register_domain_pair(name, classes, source, target, test, class_map=None, ba
     for role in ROLES:
         spec = definition[role]
         ds = names[role]
-        loader = (lambda spec=spec, classes=tuple(definition["classes"]), cmap=definition["class_map"],
-                  ctx=f"{where}: {role}", role=role: _load_set(spec, classes, cmap, ctx, role))
+        loader = functools.partial(_load_set, spec, tuple(definition["classes"]), definition["class_map"],
+                                   f"{where}: {role}", role)
         DatasetCatalog.register(ds, loader)
         MetadataCatalog.get(ds).set(
             thing_classes=list(definition["classes"]), evaluator_type="coco", domain_pair=name, role=role,

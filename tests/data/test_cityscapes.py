@@ -34,7 +34,7 @@ def cs_tree(tmp_path):
 
 
 def test_class_order_and_label_ids_from_official_table():
-    assert CITYSCAPES_THING_CLASSES == ft.CS_CLASSES  # DESIGN section 5 order
+    assert CITYSCAPES_THING_CLASSES == ft.CS_CLASSES  # the order docs/datasets.md states
     assert CITYSCAPES_THING_LABEL_IDS == (24, 25, 26, 27, 28, 31, 32, 33)
     assert MetadataCatalog.get("cityscapes_det_train").thing_classes == list(ft.CS_CLASSES)
     assert MetadataCatalog.get("cityscapes_car_val").thing_classes == ["car"]

@@ -246,7 +246,8 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         # (finite gradients, too large a step) must stop here. Identical on every process (same weights).
         self.check_update(norm_before, self.weight_norm())
 
-    # -- checkpointed state: RNG streams, so that kill-and-resume reproduces the uninterrupted run ------
+    # -- checkpointed state: the step seed and the global RNG streams (restored for one process only), so
+    # that kill-and-resume reproduces the uninterrupted run; conditions: docs/training.md ----------------
     def state_dict(self) -> dict:
         ret = super().state_dict()
         ret["step_seed_base"] = self.seed_base

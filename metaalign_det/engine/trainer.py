@@ -219,7 +219,8 @@ class MetaAlignTrainer(DefaultTrainer):
 
     # detectron2 v0.6's DefaultTrainer checkpoints only the iteration and the hooks: no optimizer state
     # (momentum, current lr), no grad scaler. Ours adds the step trainer's state (optimizer, grad scaler,
-    # step seed, RNG) and the data-stream seeds, so a resumed run continues the uninterrupted one.
+    # step seed, RNG) and the data-stream seeds, so a resumed run continues the uninterrupted one (weight for
+    # weight under the conditions in docs/training.md: one process, no data-loading workers, ...).
     def state_dict(self) -> dict:
         ret = super().state_dict()
         if not compat.default_trainer_checkpoints_step_trainer():  # v0.6

@@ -8,7 +8,6 @@ from torch import nn
 import metaalign_det  # noqa: F401  (compat before detectron2)
 
 # isort: split
-
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 

@@ -338,7 +338,8 @@ def summarize(study, recs):
         lines += [f"**Base detector** (R18-FPN source-only from random init, lr {base['lr']}, "
                   f"{base['iterations']} iterations; source-val AP50 by iteration: {curve}): target test AP50 "
                   f"{base['ap'][TEST]['mAP']:.1f}, target dev {base['ap'][DEV]['mAP']:.1f}, source val "
-                  f"{base['ap'][SOURCE_VAL]['mAP']:.1f}; PAD locations {base['pad']['pad'].get('locations', float('nan')):.2f}, "
+                  f"{base['ap'][SOURCE_VAL]['mAP']:.1f}; "
+                  f"PAD locations {base['pad']['pad'].get('locations', float('nan')):.2f}, "
                   f"ROI {base['pad']['pad'].get('roi', float('nan')):.2f}.", ""]
     if alpha is not None:
         dev = {x: statistics.fmean(recs[f"metaalign_fo_a{x}"][s]["ap"][DEV]["mAP"] for s in a.sweep_seeds)

@@ -76,6 +76,7 @@ def main(argv=None):
     # 1. the pair (generated once, in this process: it is the only thing both trainings share besides the base)
     sys.path.insert(0, ROOT)
     import metaalign_det  # noqa: F401  (compat first)
+    # isort: split
     from detectron2.data import DatasetCatalog
 
     import metaalign_det.data  # noqa: F401  (registers the demo pair)
@@ -100,7 +101,8 @@ def main(argv=None):
 
     # 3. two detectors from the same base, the same schedule and seed (same source data order)
     config, label = METHODS[args.method]
-    runs = {"source-only": (os.path.join(DEMO, "source_only_R18_FPN.yaml"), os.path.join(args.output_dir, "source_only")),
+    runs = {"source-only": (os.path.join(DEMO, "source_only_R18_FPN.yaml"),
+                            os.path.join(args.output_dir, "source_only")),
             label: (os.path.join(DEMO, config), os.path.join(args.output_dir, args.method))}
     sched = ["MODEL.WEIGHTS", base_w, "SOLVER.MAX_ITER", str(args.iters), "SOLVER.WARMUP_ITERS",
              str(max(1, args.iters // 10)), "SOLVER.STEPS", f"({int(args.iters * 0.8)},)",

@@ -69,7 +69,21 @@ ROWS = {
                      "MetaAlign 2nd order, alternate, chosen α"),
     "oracle": ("oracle_R18_FPN.yaml", [], "oracle (labelled target train)"),
 }
-FOLLOW_ALPHA = ("metaalign_fo_align_first", "metaalign_so")
+# The dev-split search over the alignment strength (DA joint, sweep seeds): the gradient-reversal weight of both
+# discriminators (how hard the features are pushed; the discriminators themselves learn at full rate) and the
+# DA loss weights (how hard both sides learn), each in both directions from the shipped 0.1 / 1.0.
+SEARCH = {
+    **{f"da_joint_grl{g}": (["MODEL.DA_HEADS.IMG_GRL_WEIGHT", str(g), "MODEL.DA_HEADS.INS_GRL_WEIGHT", str(g)],
+                            f"GRL weight {g}") for g in ("0.03", "0.3", "1.0")},
+    **{f"da_joint_lw{w}": (["MODEL.DA_HEADS.IMG_LOSS_WEIGHT", str(w), "MODEL.DA_HEADS.INS_LOSS_WEIGHT", str(w)],
+                           f"DA loss weights {w}") for w in ("0.3", "3.0")},
+}
+for _name, (_ov, _label) in SEARCH.items():
+    ROWS[_name] = ("da_joint_R18_FPN.yaml", _ov, f"DA joint, {_label}")
+    ROWS["metaalign_fo_" + _name[len("da_joint_"):]] = (
+        "metaalign_R18_FPN.yaml", _ov, f"MetaAlign 1st order, alternate, chosen α, {_label}")
+FOLLOW_ALPHA = ("metaalign_fo_align_first", "metaalign_so") + tuple(
+    "metaalign_fo_" + n[len("da_joint_"):] for n in SEARCH)
 CORE = ("source_only", "da_joint", "oracle")  # + the MetaAlign first-order row at the chosen α
 _print_lock = threading.Lock()
 
@@ -299,6 +313,21 @@ class Study:
         return None if best is None else best[0]
 
 
+def _dev_means(recs, rows, seeds):
+    """{row: mean target-dev AP50 over ``seeds``} for the rows that have all of them."""
+    return {r: statistics.fmean(recs[r][s]["ap"][DEV]["mAP"] for s in seeds)
+            for r in rows if all(s in recs.get(r, {}) for s in seeds)}
+
+
+def chosen_search_row(recs, seeds):
+    """The alignment-strength setting (``da_joint`` = the shipped one, or a SEARCH row) with the best mean AP50 on
+    the target *dev* split over ``seeds``; None until the shipped row and every SEARCH row have them all."""
+    dev = _dev_means(recs, ["da_joint", *SEARCH], seeds)
+    if len(dev) < 1 + len(SEARCH):
+        return None
+    return max(dev, key=dev.get)
+
+
 def _write_json(path, obj):
     # atomic_open, not atomic_write_json: records keep NaN tokens (read back as nan by _read_ap & co.)
     with atomic_open(path, binary=False) as f:
@@ -355,7 +384,7 @@ def summarize(study, recs):
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in ROW_ORDER:
         runs = recs.get(row)
-        if not runs:
+        if not _shown(recs, row, len(a.seeds)):
             continue
         seeds = sorted(runs)
         vals = [test[row][s] for s in seeds]
@@ -385,6 +414,14 @@ def summarize(study, recs):
                  f"{acc('da/ins_acc_source')}, {acc('da/ins_acc_target')}") if any(accs) else "-"
         lines.append(f"| {label} | {len(seeds)} | {_ci(mean_ci(vals))} | {' / '.join(f'{v:.1f}' for v in vals)} "
                      f"| {_diff(d_so)} | {_diff(d_da)} | {gap} | {dev:.1f} | {src:.1f} | {pad} | {cos_s} | {acc_s} |")
+    dev = _dev_means(recs, ["da_joint", *SEARCH], a.sweep_seeds)
+    if len(dev) > 1:
+        best = chosen_search_row(recs, a.sweep_seeds)
+        lines += ["", f"**Alignment strength, searched on the target dev split** (DA joint, mean dev AP50 over seeds "
+                  f"{list(a.sweep_seeds)}; the shipped setting is GRL weight 0.1, loss weights 1.0): "
+                  + ", ".join(f"{'shipped' if r == 'da_joint' else SEARCH[r][1]}: {v:.1f}" for r, v in dev.items())
+                  + (f" → **{'the shipped setting' if best == 'da_joint' else SEARCH[best][1]}**." if best else
+                     " (search incomplete).")]
     core_rows = list(CORE) + ([f"metaalign_fo_a{alpha}"] if alpha is not None else [])
     core_s = sum(r["seconds"] for row in core_rows for r in recs.get(row, {}).values())
     all_s = sum(r["seconds"] for runs in recs.values() for r in runs.values())
@@ -396,24 +433,36 @@ def summarize(study, recs):
 
 
 ROW_ORDER = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x in ALPHAS] + \
-    ["metaalign_fo_align_first", "metaalign_so", "oracle"]
+    ["metaalign_fo_align_first", "metaalign_so"] + \
+    [r for n in SEARCH for r in (n, "metaalign_fo_" + n[len("da_joint_"):])] + ["oracle"]
 
 
 SHORT_LABELS = {
     "source_only": "source-only", "da_img": "DA img only", "da_joint": "DA joint",
     **{f"metaalign_fo_a{a}": f"MetaAlign 1st, α={a}×lr" for a in ALPHAS},
     "metaalign_fo_align_first": "MetaAlign 1st, align_first", "metaalign_so": "MetaAlign 2nd", "oracle": "oracle",
+    **{n: f"DA joint, {lab}" for n, (_, lab) in SEARCH.items()},
+    **{"metaalign_fo_" + n[len("da_joint_"):]: f"MetaAlign 1st, {lab}" for n, (_, lab) in SEARCH.items()},
 }
 
 
-def plot_study(recs, png, split=TEST):
+def _shown(recs, row, n_seeds):
+    """Search rows appear in the main table and plot only once run on every seed (the dev-chosen follow-ups)."""
+    runs = recs.get(row)
+    if not runs:
+        return False
+    searched = row in SEARCH or row in {"metaalign_fo_" + n[len("da_joint_"):] for n in SEARCH}
+    return not searched or len(runs) >= n_seeds
+
+
+def plot_study(recs, png, split=TEST, n_seeds=5):
     """Per-seed target AP50 of every row (one line per seed joins its runs: the pairing), mean and 95% CI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in ROW_ORDER if recs.get(r)]
+    rows = [r for r in ROW_ORDER if _shown(recs, r, n_seeds)]
     seeds = sorted({s for r in rows for s in recs[r]})
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(rows)), 4.4), dpi=100)
     cmap = plt.get_cmap("tab10")
@@ -444,7 +493,7 @@ def plot_study(recs, png, split=TEST):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", choices=["all", "base", "sweep", "core", "extra"], default="all")
+    p.add_argument("--stage", choices=["all", "base", "sweep", "core", "extra", "search"], default="all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="core rows' seeds")
     p.add_argument("--sweep-seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="seeds of the α sweep and of the extra rows")
@@ -482,6 +531,14 @@ def main():
             if args.stage in ("all", "extra"):
                 extra = ["da_img", "metaalign_fo_align_first", "metaalign_so"]
                 study.run_all([(r, s) for s in args.sweep_seeds for r in extra])
+            if args.stage in ("all", "search"):
+                # alignment strength on the dev split (sweep seeds); a winner other than the shipped setting is
+                # then run on every seed, as DA joint and as MetaAlign at the chosen α, for the reported table
+                study.run_all([(r, s) for s in args.sweep_seeds for r in SEARCH])
+                best = chosen_search_row(study.load(), args.sweep_seeds)
+                if best is not None and best != "da_joint":
+                    follow = [best, "metaalign_fo_" + best[len("da_joint_"):]]
+                    study.run_all([(r, s) for s in args.seeds for r in follow])
     recs = study.load()
     table, _ = summarize(study, recs)
     print("\n" + table + f"\n\n(this invocation: {(time.perf_counter() - t0) / 60:.1f} min)")
@@ -490,7 +547,7 @@ def main():
         f.write(table + "\n")
     png = os.path.join(args.results, "summary.png")
     if recs:
-        plot_study(recs, png)
+        plot_study(recs, png, n_seeds=len(args.seeds))
     if args.docs:
         shutil.copy(os.path.join(args.results, "summary.md"), os.path.join(ROOT, "docs", "adaptation_study.md"))
         if recs:

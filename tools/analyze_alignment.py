@@ -114,7 +114,7 @@ def _batches(cfg, name, max_images, seed, batch_size=4):
 def analyze(cfg, weights, source, target, levels, args):
     """PAD per representation and grad_cos for one checkpoint; returns a dict."""
     model = build_model(cfg)
-    for warning in load_checked_weights(model, weights):
+    for warning in load_checked_weights(model, weights, use_ema=cfg.MODEL.EMA.ENABLED):
         if "not in the checkpoint" in warning and "da_" in warning:
             continue  # a checkpoint trained without DA heads: they start from their init here
         logging.getLogger(__name__).warning(warning)

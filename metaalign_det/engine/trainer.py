@@ -10,10 +10,12 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
 
+from ..data.augmentation import build_target_view_mapper
 from ..data.paired_loader import build_paired_train_loader
 from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import broadcast_module_
 from .printer import TrainingMetricPrinter
+from .teacher import build_teacher_step_trainer, check_teacher_config, uses_teacher_step
 from .train_loop import MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
 
 __all__ = ["MetaAlignTrainer", "build_step_trainer"]
@@ -24,6 +26,8 @@ logger = logging.getLogger(__name__)
 def build_step_trainer(cfg, model, data_loader, optimizer):
     """The factory that picks the ``run_step`` class: SimpleTrainer- or AMPTrainer-based."""
     options = MetaAlignStepOptions.from_config(cfg)
+    if uses_teacher_step(cfg):  # teacher-student: EMA, mean teacher, strong views (engine/teacher.py)
+        return build_teacher_step_trainer(cfg, model, data_loader, optimizer, options)
     if cfg.SOLVER.AMP.ENABLED:
         return MetaAlignAMPTrainer(model, data_loader, optimizer, options, seed=cfg.SEED,
                                    dtype=cfg.SOLVER.AMP.DTYPE)
@@ -43,6 +47,7 @@ def check_step_config(cfg):
             f"MODEL.DA_HEADS is enabled but MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: "
             f"set it to 'DomainAdaptiveRCNN'"
         )
+    check_teacher_config(cfg)  # MODEL.EMA / TEACHER / INPUT.STRONG_AUG
 
 
 class MetaAlignTrainer(DefaultTrainer):
@@ -64,6 +69,8 @@ class MetaAlignTrainer(DefaultTrainer):
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        if getattr(self._trainer, "ema", None) is not None:  # teacher-student: the EMA is the "ema" entry
+            self.checkpointer.add_checkpointable("ema", self._trainer.ema)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -74,7 +81,13 @@ class MetaAlignTrainer(DefaultTrainer):
         for h in ret:
             if isinstance(h, hooks.PeriodicWriter):
                 h._period = self.cfg.SOLVER.LOG_PERIOD  # detectron2 fixes it at 20
+            if isinstance(h, hooks.EvalHook) and getattr(self._trainer, "ema", None) is not None:
+                h._func = self._test_ema  # teacher-student: evaluate the EMA (the teacher), not the student
         return ret
+
+    def _test_ema(self):
+        self._last_eval_results = self.test(self.cfg, self._trainer.ema.model)
+        return self._last_eval_results
 
     def build_writers(self):
         """detectron2's writers (metrics.json, TensorBoard) with our console line in place of
@@ -84,7 +97,8 @@ class MetaAlignTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter=0, seeds=None):
-        return build_paired_train_loader(cfg, start_iter=start_iter, seeds=seeds)
+        return build_paired_train_loader(cfg, start_iter=start_iter, seeds=seeds,
+                                         target_mapper=build_target_view_mapper(cfg))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -94,6 +108,9 @@ class MetaAlignTrainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
+        ema = getattr(self._trainer, "ema", None)
+        if ema is not None and not ema.restored:  # teacher-student: no "ema" in the checkpoint: start from
+            ema.copy_from(self.model)              # the loaded weights (MODEL.WEIGHTS or the resumed model)
         if self.start_iter > 0:
             # Continue the data streams where the checkpointed run stopped, not from their beginning.
             loader = self.build_train_loader(self.cfg, start_iter=self.start_iter, seeds=self._data_seeds)

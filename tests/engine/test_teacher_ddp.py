@@ -1,0 +1,79 @@
+"""Teacher phase on two CPU processes (gloo) == one process with the same global batch: the same student AND
+the same teacher (EMA), with MetaAlign first order over the teacher objective.
+
+Self-contained (its own process start/stop), following tests/engine/test_ddp.py. Equal per-image counts keep
+the multi-process losses equal to the one-process ones: every anchor/ROI used (``deterministic``), and
+exactly 4 pseudo-labels per image (threshold 0, DETECTIONS_PER_IMAGE 4). The strong views are seeded by the
+image's index in the global batch, so they do not depend on the split either.
+"""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.engine.helpers import quick_cfg
+from tests.toy_data import register_toy_pair
+
+OPTS = ["META.MODE", "first_order", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1000",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.TARGET_IMS_PER_BATCH", "2", "META.JOINT_GRAD_COS_PERIOD", "0",
+        "TEACHER.ENABLED", "True", "TEACHER.BURN_IN_ITERS", "1", "MODEL.EMA.ENABLED", "True", "MODEL.EMA.DECAY", "0.5",
+        "INPUT.STRONG_AUG.SOURCE", "both", "INPUT.STRONG_AUG.TARGET", "True", "TEACHER.SCORE_THRESH", "0.0",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "4",
+        "TEACHER.MONITOR_PERIOD", "1", "TEACHER.MONITOR_GT", "True"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(data_dir, out_dir, weights):
+    """Train from ``weights`` (the same start for every run); returns (student, teacher) state dicts."""
+    from metaalign_det.engine import MetaAlignTrainer
+
+    cfg = quick_cfg(data_dir, out_dir, *OPTS, "MODEL.WEIGHTS", weights, deterministic=True)
+    trainer = MetaAlignTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer.model.state_dict(), trainer._trainer.ema.model.state_dict()
+
+
+def _worker(rank, world, port, data_dir, out_dir, weights, result_file):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        register_toy_pair(data_dir)
+        student, teacher = _run(data_dir, out_dir, weights)
+        if rank == 0:
+            torch.save({"student": student, "teacher": teacher}, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_for_student_and_teacher(tmp_path):
+    data_dir = tmp_path / "data"
+    register_toy_pair(data_dir)  # generate the files once, before the workers start
+    from metaalign_det.engine import MetaAlignTrainer
+
+    torch.manual_seed(0)
+    init = MetaAlignTrainer.build_model(quick_cfg(data_dir, tmp_path / "init", *OPTS, deterministic=True))
+    weights = str(tmp_path / "init.pth")
+    torch.save({"model": init.state_dict()}, weights)
+
+    result = str(tmp_path / "ddp.pth")
+    mp.start_processes(_worker, args=(2, _free_port(), data_dir, tmp_path / "ddp_out", weights, result),
+                       nprocs=2, join=True, start_method="spawn")
+    ddp = torch.load(result, weights_only=True)
+    student, teacher = _run(data_dir, tmp_path / "single_out", weights)
+
+    start = init.state_dict()
+    for name, single in (("student", student), ("teacher", teacher)):
+        moved = 0
+        for k, v in single.items():
+            torch.testing.assert_close(ddp[name][k], v, rtol=1e-5, atol=1e-5, msg=f"{name}: {k}")
+            moved += int(not torch.equal(v, start[k]))
+        assert moved > 10, name  # the comparison is about trained weights, not untouched ones

@@ -5,10 +5,19 @@ Self-contained (its own process start/stop), following tests/engine/test_ddp.py.
 the multi-process losses equal to the one-process ones: every anchor/ROI used (``deterministic``), and
 exactly 4 pseudo-labels per image (threshold 0, DETECTIONS_PER_IMAGE 4). The strong views are seeded by the
 image's index in the global batch, so they do not depend on the split either.
+
+Tolerance: a convolution over a batch of 2 and over 1 image round differently (~1e-7), and a random-init
+model has near-ties in its proposal ranking (top-32 per image), so once in a while one proposal is swapped for
+its near-twin. That moves a few weights by ~1e-5 -- a percent of a step's update in some tensors -- over 3 steps
+here. So: every logged loss equal to 1e-5 (relative; 1e-6 absolute for the tiny ones), every weight to 1e-4,
+and every tensor's update (final - initial) to 5% of its norm. A wrong strong view, pseudo-label or teacher on
+one process changes losses and updates by their own size and fails all three.
 """
+import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -70,10 +79,22 @@ def test_two_processes_equal_one_for_student_and_teacher(tmp_path):
     ddp = torch.load(result, weights_only=True)
     student, teacher = _run(data_dir, tmp_path / "single_out", weights)
 
+    losses = {}
+    for run in ("ddp_out", "single_out"):
+        with open(tmp_path / run / "metrics.json") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        losses[run] = {(r["iteration"], k): v for r in rows for k, v in r.items() if k.startswith("loss_")}
+    assert losses["ddp_out"].keys() == losses["single_out"].keys()
+    assert {k for _, k in losses["ddp_out"]} >= {"loss_cls", "loss_da_img", "loss_pseudo_cls", "loss_pseudo_rpn_cls"}
+    for key, v in losses["single_out"].items():
+        assert losses["ddp_out"][key] == pytest.approx(v, rel=1e-5, abs=1e-6), key
+
     start = init.state_dict()
     for name, single in (("student", student), ("teacher", teacher)):
         moved = 0
         for k, v in single.items():
-            torch.testing.assert_close(ddp[name][k], v, rtol=1e-5, atol=1e-5, msg=f"{name}: {k}")
-            moved += int(not torch.equal(v, start[k]))
+            torch.testing.assert_close(ddp[name][k], v, rtol=1e-4, atol=1e-4, msg=lambda m, n=name, k=k: f"{n}: {k}: {m}")
+            update = (v - start[k]).float().norm()
+            assert (ddp[name][k] - v).float().norm() <= 0.05 * update + 1e-6, (name, k)
+            moved += int(update > 0)
         assert moved > 10, name  # the comparison is about trained weights, not untouched ones

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env test demo bench-step bench-eval adaptation-table adaptation-table-warm clean-env
+.PHONY: env test demo bench-step bench-eval adaptation-study clean-env
 
 env:
 	python3 tools/bootstrap.py
@@ -19,11 +19,8 @@ bench-step: env
 bench-eval: env
 	$(PY) benchmarks/bench_eval.py
 
-adaptation-table: env
-	$(PY) benchmarks/adaptation_table.py --inner-lr-scale 1 --docs
-
-adaptation-table-warm: env
-	$(PY) benchmarks/adaptation_table.py --warm-start --inner-lr-scale 1 --docs
+adaptation-study: env
+	$(PY) benchmarks/adaptation_study.py --docs
 
 clean-env:
 	rm -rf .venv

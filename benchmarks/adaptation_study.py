@@ -54,6 +54,7 @@ sys.path.insert(0, ROOT)
 DEMO = os.path.join(ROOT, "configs", "demo")
 
 from metaalign_det.analysis.stats import mean_ci, paired_difference  # noqa: E402  (pure Python)
+from metaalign_det.utils.io import atomic_open  # noqa: E402
 
 TEST, DEV, SOURCE_VAL = "synthetic_foggy_test", "synthetic_foggy_dev", "synthetic_clear_val"
 PAD_SOURCE, PAD_TARGET = "synthetic_clear_test", "synthetic_foggy_test"
@@ -321,12 +322,10 @@ class Study:
 
 
 def _write_json(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    # atomic_open, not atomic_write_json: records keep NaN tokens (read back as nan by _read_ap & co.)
+    with atomic_open(path, binary=False) as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -377,9 +376,7 @@ def summarize(study, recs):
               "| gap closed | target dev | source val | PAD loc / ROI | grad_cos (train) "
               "| disc. acc img / ins (src, tgt) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x in ALPHAS] + \
-        ["metaalign_fo_align_first", "metaalign_so"] + list(TEACHER_ROWS) + ["oracle"]
-    for row in order:
+    for row in ROW_ORDER:
         runs = recs.get(row)
         if not runs:
             continue
@@ -441,6 +438,40 @@ def summarize(study, recs):
     return "\n".join(lines), alpha
 
 
+ROW_ORDER = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x in ALPHAS] + \
+    ["metaalign_fo_align_first", "metaalign_so"] + list(TEACHER_ROWS) + ["oracle"]
+
+
+def plot_study(recs, png, split=TEST):
+    """Per-seed target AP50 of every row (one line per seed joins its runs: the pairing), mean and 95% CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in ROW_ORDER if recs.get(r)]
+    seeds = sorted({s for r in rows for s in recs[r]})
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows)), 4.2), dpi=100)
+    cmap = plt.get_cmap("tab10")
+    for k, seed in enumerate(seeds):
+        xs = [i for i, r in enumerate(rows) if seed in recs[r]]
+        ys = [recs[rows[i]][seed]["ap"][split]["mAP"] for i in xs]
+        ax.plot(xs, ys, "-o", color=cmap(k % 10), alpha=0.45, lw=0.9, ms=3, label=f"seed {seed}")
+    for i, r in enumerate(rows):
+        c = mean_ci([recs[r][s]["ap"][split]["mAP"] for s in sorted(recs[r])])
+        err = 0.0 if c["half_width"] is None else c["half_width"]
+        ax.errorbar([i + 0.12], [c["mean"]], yerr=[err], fmt="s", color="k", ms=5, capsize=4, lw=1.5)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([ROWS[r][2].replace(", ", ",\n", 1) for r in rows], fontsize=7, rotation=0)
+    ax.set_ylabel(f"AP50 on {split}")
+    ax.set_title("Target AP50 per seed (lines join one seed's runs) and mean ± 95% CI (black)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(seeds), loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stage", choices=["all", "base", "sweep", "core", "extra", "teacher"], default="all")
@@ -483,13 +514,19 @@ def main():
                 study.run_all([(r, s) for s in args.sweep_seeds for r in extra])
             if args.stage in ("all", "teacher"):  # needs the sweep's α (teacher + MetaAlign)
                 study.run_all([(r, s) for s in args.seeds for r in TEACHER_ROWS])  # seed-major
-    table, _ = summarize(study, study.load())
+    recs = study.load()
+    table, _ = summarize(study, recs)
     print("\n" + table + f"\n\n(this invocation: {(time.perf_counter() - t0) / 60:.1f} min)")
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "summary.md"), "w") as f:
         f.write(table + "\n")
+    png = os.path.join(args.results, "summary.png")
+    if recs:
+        plot_study(recs, png)
     if args.docs:
         shutil.copy(os.path.join(args.results, "summary.md"), os.path.join(ROOT, "docs", "adaptation_study.md"))
+        if recs:
+            shutil.copy(png, os.path.join(ROOT, "docs", "adaptation_study.png"))
 
 
 if __name__ == "__main__":

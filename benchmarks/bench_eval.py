@@ -26,7 +26,7 @@ import torch
 
 import metaalign_det  # noqa: F401
 from metaalign_det.evaluation.ap import compute_ap
-from metaalign_det.evaluation.io import atomic_write_json
+from metaalign_det.utils.io import atomic_write_json
 
 # Cityscapes val: share of instances per class (person, rider, car, truck, bus, train, motorcycle, bicycle)
 CLASS_FREQ = np.array([0.30, 0.04, 0.45, 0.02, 0.015, 0.005, 0.02, 0.15])

@@ -6,7 +6,7 @@
 
 Every MetaAlign step computes, over all trainable parameters: "all finite" of the inner gradient g1, the
 grad_cos terms (<g_align, g_det> and squared norms, over all and over shared parameters) and "all finite" of
-the returned gradient. ``metaalign_det.meta.step`` runs them as a per-parameter loop (``torch.dot`` in fp32
+the returned gradient. ``metaalign_det.meta.grad_stats`` runs them as a per-parameter loop (``torch.dot`` in fp32
 per tensor summed in float64, ``isfinite(t).all()`` per tensor: several small kernels per parameter), timed
 below through its own helpers. The candidate replaces it with ``torch._foreach_norm`` accumulated in float64
 (one fused kernel per dtype group on CUDA; per-parameter norms reused for the finite check and every
@@ -23,14 +23,14 @@ import torch
 from common import preset_cfg
 from detectron2.modeling import build_model
 
-from metaalign_det.meta import step as step_mod
+from metaalign_det.meta import grad_stats as grad_stats_mod
 
 def loop(g1, g2):
     """The step's own helpers: isfinite(g1), the grad_cos terms, isfinite of the result (here g1)."""
-    ok = step_mod._all_finite(g1)
+    ok = grad_stats_mod._all_finite(g1)
     touched = [True] * len(g1)
-    t = step_mod._cos_terms(g1, g2, touched, touched)
-    fin_total = step_mod._all_finite(g1)
+    t = grad_stats_mod._cos_terms(g1, g2, touched, touched)
+    fin_total = grad_stats_mod._all_finite(g1)
     vals = torch.stack([t["dot"], t["aa"], t["dd"], t["aa_shared"] + t["dd_shared"]]).tolist()
     return vals[:3] + [float(ok and fin_total)]
 

@@ -22,12 +22,8 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
-from metaalign_det.engine.train_loop import (
-    LossEvaluator,
-    MetaAlignAMPTrainer,
-    MetaAlignSimpleTrainer,
-    MetaAlignStepOptions,
-)
+from metaalign_det.engine.loss_evaluator import LossEvaluator
+from metaalign_det.engine.train_loop import MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
 
 
 def official_style_grads(trainer, source, target):

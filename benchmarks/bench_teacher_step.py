@@ -22,7 +22,7 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
-from metaalign_det.engine.setup import setup_cfg
+from metaalign_det.cli import setup_cfg
 from metaalign_det.engine.trainer import build_step_trainer
 
 DEMO = os.path.join(ROOT, "configs", "demo")
@@ -81,7 +81,7 @@ def main():
                     times[n].append(time.perf_counter() - t0)
             storage.step()
     med = {n: statistics.median(v) * 1000 for n, v in times.items()}
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} thread(s))"
     lines = [f"Step time on {dev}, torch {torch.__version__}, the demo configs (R18-FPN, 128x256, 2 source + 2 target "
              f"images, random init, {args.pseudo} pseudo-labels per target image), median of {args.steps} steps "
              f"after {args.warmup} warm-up, rows interleaved", "",

@@ -32,7 +32,8 @@ def build_cfg(args):
     """The calibration detector: everything small enough for ~1 s per step on 2 CPU cores."""
     from detectron2.config import get_cfg
 
-    from metaalign_det.data.datasets.synthetic import DEFAULT_PARAMS, SYNTHETIC_CLASSES
+    from metaalign_det.data.datasets.synthetic import DEFAULT_PARAMS
+    from metaalign_det.data.datasets.synthetic_render import SYNTHETIC_CLASSES
 
     cfg = get_cfg()
     cfg.MODEL.DEVICE = args.device

@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import metaalign_det  # noqa: E402,F401
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
-from metaalign_det.engine.setup import setup_cfg  # noqa: E402
+from metaalign_det.cli import setup_cfg  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

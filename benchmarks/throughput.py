@@ -10,7 +10,6 @@ projected hours for a 70,000-iteration schedule.
     python benchmarks/throughput.py --device cuda --workers 4
 """
 import argparse
-import json
 import os
 import subprocess
 import time
@@ -27,6 +26,7 @@ from PIL import Image
 
 from metaalign_det.data.paired_loader import build_paired_train_loader
 from metaalign_det.engine.trainer import build_step_trainer
+from metaalign_det.utils.io import atomic_write_json
 
 CLASSES = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
 
@@ -51,9 +51,7 @@ def write_split(root, n, seed):
         Image.fromarray(img).save(os.path.join(root, name), quality=90)
         images.append({"id": i + 1, "file_name": name, "height": 1024, "width": 2048})
     cats = [{"id": j + 1, "name": c} for j, c in enumerate(CLASSES)]
-    with open(ann + ".tmp", "w") as f:
-        json.dump({"images": images, "annotations": anns, "categories": cats}, f)
-    os.replace(ann + ".tmp", ann)
+    atomic_write_json(ann, {"images": images, "annotations": anns, "categories": cats})
     return ann
 
 

@@ -16,13 +16,35 @@ What it may do, each logged once in one line:
 What it deliberately does not do: alias ``np.bool`` / ``np.str`` (gone in numpy 1.24). Only detectron2's
 PascalVOC evaluator, ``load_voc_instances`` and empty-bitmask code use them; this project has its own
 evaluator and VOC loader, so numpy is left untouched.
+
+detectron2 API differences between v0.6 and newer official builds, each behind one named function (the
+engine calls these and never reads or writes detectron2's private trainer state itself):
+
+* :func:`init_step_trainer` -- ``SimpleTrainer.__init__`` takes (model, data_loader, optimizer) in every
+  version; newer ones add keyword options, and ``AMPTrainer.__init__`` changed its signature (v0.6:
+  ``grad_scaler``; newer: ``precision``, ``log_grad_scaler``, ...) and builds a CUDA-only GradScaler.
+* :func:`next_batch` / :func:`reset_data_loader` -- v0.6 ``SimpleTrainer`` keeps a plain
+  ``_data_loader_iter`` attribute created in ``__init__``; newer builds make it a read-only lazy property
+  (over ``_data_loader_iter_obj``) and add ``reset_data_loader(data_loader_builder)``.
+* :func:`default_trainer_checkpoints_step_trainer` -- newer ``DefaultTrainer.state_dict`` /
+  ``load_state_dict`` include the step trainer's state under ``"_trainer"``; v0.6 leaves it out.
 """
 import importlib.util
 import logging
 import sys
 import types
 
-__all__ = ["apply", "applied", "log_applied", "MissingCompiledOpError", "D2_MISSING_MESSAGE"]
+__all__ = [
+    "apply",
+    "applied",
+    "log_applied",
+    "MissingCompiledOpError",
+    "D2_MISSING_MESSAGE",
+    "init_step_trainer",
+    "next_batch",
+    "reset_data_loader",
+    "default_trainer_checkpoints_step_trainer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +169,51 @@ def log_applied(log=None):
 def applied():
     """What :func:`apply` did in this process (empty list: nothing was needed)."""
     return [x for x in _applied if x is not None]
+
+
+# ---- detectron2 trainer API: v0.6 vs newer official builds ---------------------------------------------
+
+
+def init_step_trainer(step_trainer, model, data_loader, optimizer):
+    """Run ``SimpleTrainer.__init__`` with the three arguments every detectron2 version accepts.
+
+    Called explicitly (not through ``super()``) so that an ``AMPTrainer`` subclass skips
+    ``AMPTrainer.__init__``, whose signature differs between versions and which builds a CUDA-only
+    GradScaler; the subclass builds its own scaler.
+    """
+    from detectron2.engine import SimpleTrainer
+
+    SimpleTrainer.__init__(step_trainer, model, data_loader, optimizer)
+
+
+def next_batch(step_trainer):
+    """The next item of ``step_trainer.data_loader``, from the iterator detectron2 keeps for it.
+
+    v0.6: a plain attribute created in ``__init__``; newer: a property that creates it on first use.
+    Reading it is the same in both.
+    """
+    return next(step_trainer._data_loader_iter)
+
+
+def reset_data_loader(step_trainer, data_loader_builder):
+    """Replace the data loader of a ``SimpleTrainer``: ``data_loader_builder()`` builds the new one and the
+    next :func:`next_batch` draws from a fresh iterator of it.
+
+    Newer detectron2: its ``SimpleTrainer.reset_data_loader`` (``_data_loader_iter`` is a read-only
+    property there, so it cannot be assigned). v0.6 has no such method and no other way: its
+    ``_data_loader_iter`` is a plain attribute that ``run_step`` reads, so it is set here, on v0.6 only.
+    """
+    reset = getattr(step_trainer, "reset_data_loader", None)
+    if callable(reset):
+        reset(data_loader_builder)
+        return
+    step_trainer.data_loader = data_loader_builder()
+    step_trainer._data_loader_iter = iter(step_trainer.data_loader)  # v0.6: its documented access path
+
+
+def default_trainer_checkpoints_step_trainer():
+    """Whether ``DefaultTrainer.state_dict`` / ``load_state_dict`` save and restore the step trainer's state
+    (``"_trainer"``: optimizer, grad scaler, ...) themselves -- True on builds newer than v0.6."""
+    from detectron2.engine import DefaultTrainer, TrainerBase
+
+    return DefaultTrainer.load_state_dict is not TrainerBase.load_state_dict

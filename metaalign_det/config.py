@@ -3,7 +3,11 @@
 Everything adaptive is OFF by default: a config that sets none of these keys trains and evaluates plain
 Faster R-CNN exactly as detectron2 would.
 """
-from detectron2.config import CfgNode as CN
+from . import compat
+
+compat.apply()  # before any detectron2 import; without detectron2: ImportError saying how to get it
+
+from detectron2.config import CfgNode as CN  # noqa: E402
 
 __all__ = ["add_metaalign_config"]
 

@@ -10,7 +10,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from metaalign_det.engine.setup import setup_cfg
+from metaalign_det.cli import setup_cfg
 from metaalign_det.engine.trainer import check_step_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

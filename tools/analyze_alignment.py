@@ -31,23 +31,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import metaalign_det  # noqa: E402,F401  (compat first; registers models and datasets)
 import torch  # noqa: E402
-from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
+from detectron2.data import DatasetMapper  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from metaalign_det.analysis import proxy_a_distance  # noqa: E402
 from metaalign_det.analysis.features import REPRESENTATIONS, domain_features, gradient_agreement  # noqa: E402
-from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights  # noqa: E402
-from metaalign_det.evaluation.cli import (  # noqa: E402
+from metaalign_det.cli import (  # noqa: E402
     ToolError,
     check_datasets,
     fail,
     load_config,
+    load_dataset_dicts,
     register_coco_json,
-    register_config_datasets,
     split_config_overrides,
 )
-from metaalign_det.evaluation.io import atomic_write_json  # noqa: E402
+from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights  # noqa: E402
+from metaalign_det.utils.io import atomic_write_json  # noqa: E402
 
 TOOL = "analyze_alignment.py"
 
@@ -85,14 +85,15 @@ def _setup(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = cfg.MODEL.DEVICE if torch.cuda.is_available() else "cpu"
     cfg.freeze()
-    register_coco_json(args.coco_json)
-    register_config_datasets(cfg)
+    register_coco_json(args.coco_json)  # the config's DATASETS.PAIR_MANIFESTS: registered by load_config
     source = args.source_dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None)
     target = args.target_dataset or (cfg.DATASETS.TRAIN_TARGET[0] if cfg.DATASETS.TRAIN_TARGET else
                                      (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None))
     if not source or not target:
         raise ToolError("no source/target dataset: pass --source-dataset and --target-dataset")
     check_datasets([source, target])
+    for name in (source, target):
+        load_dataset_dicts(name)  # unreadable or empty: one line now, not a traceback mid-analysis
     for w in args.weights:
         if not os.path.isfile(w):
             raise ToolError(f"--weights {w}: no such file")
@@ -101,9 +102,7 @@ def _setup(args):
 
 
 def _batches(cfg, name, max_images, seed, batch_size=4):
-    dicts = list(DatasetCatalog.get(name))
-    if not dicts:
-        raise ToolError(f"dataset '{name}' has no images")
+    dicts = list(load_dataset_dicts(name))
     random.Random(seed).shuffle(dicts)
     dicts = [{k: v for k, v in d.items() if k != "annotations"} for d in dicts[:max_images]]
     mapper = DatasetMapper(cfg, is_train=False)
@@ -114,10 +113,15 @@ def _batches(cfg, name, max_images, seed, batch_size=4):
 def analyze(cfg, weights, source, target, levels, args):
     """PAD per representation and grad_cos for one checkpoint; returns a dict."""
     model = build_model(cfg)
-    for warning in load_checked_weights(model, weights, use_ema=cfg.MODEL.EMA.ENABLED):
-        if "not in the checkpoint" in warning and "da_" in warning:
-            continue  # a checkpoint trained without DA heads: they start from their init here
-        logging.getLogger(__name__).warning(warning)
+    use_ema = bool(cfg.MODEL.EMA.ENABLED)  # EMA configs: the evaluated model is the checkpoint's "ema" entry
+    load_checked_weights(model, weights, use_ema=use_ema)  # raises on a checkpoint that does not fit the config
+    state = torch.load(weights, map_location="cpu", weights_only=False) if weights.endswith(".pth") else {}
+    if use_ema and isinstance(state, dict) and isinstance(state.get("ema"), dict):
+        state = state["ema"]
+    keys = set(state.get("model", state)) if isinstance(state, dict) else set()
+    # a checkpoint trained without DA heads (source-only): the heads keep their initialisation here
+    heads_from_init = any(k.startswith(("da_img_head.", "da_ins_head.")) for k in model.state_dict()) and \
+        not any(k.startswith(("da_img_head.", "da_ins_head.")) for k in keys)
     t0 = time.perf_counter()
     feats = {}
     for dom, name in (("source", source), ("target", target)):
@@ -137,7 +141,8 @@ def analyze(cfg, weights, source, target, levels, args):
     return {
         "weights": weights,
         "pad": pad,
-        "grad_cos": None if not cos else {"mean": statistics.mean(cos), "values": cos},
+        "grad_cos": None if not cos else {"mean": statistics.mean(cos), "values": cos,
+                                          "da_heads_from_init": heads_from_init},
         "seconds": round(time.perf_counter() - t0, 1),
     }
 

@@ -1,63 +1,135 @@
 #!/usr/bin/env python3
-"""`make demo`: domain adaptation on the generated demo pair, end to end on a CPU in minutes.
+"""`make demo`: what domain adaptation buys, on the generated demo pair, on a CPU in minutes.
 
 1. generates the synthetic clear -> foggy pair on first use (seeded, ~15 s; reused afterwards);
-2. trains the detector of --config-file (default: MetaAlign first-order on R18-FPN, configs/demo/) on the
-   labelled clear images and the unlabelled foggy ones;
-3. evaluates it on the target val (synthetic_foggy_val) and the source val, printing per-class AP50 tables.
+2. trains a source-only R18-FPN *base* detector on the labelled clear images (--base-iters);
+3. from that same base, trains two detectors for the same --iters iterations, side by side (two processes,
+   one thread each): source-only (trained on) and the adapted one (--method, default MetaAlign first order;
+   the unlabelled foggy train images are its only extra input);
+4. evaluates both on the target val (synthetic_foggy_val) and the source val and prints them side by side
+   with the difference.
 
-    python tools/demo.py [--config-file configs/demo/metaalign_R18_FPN.yaml] [KEY VALUE ...]
+    python tools/demo.py [--method metaalign|da_joint] [--base-iters 600] [--iters 300] [--seed 0]
 
-A run that was interrupted continues from its last checkpoint (detectron2 --resume semantics); a finished one
-is only re-evaluated. Everything lands in OUTPUT_DIR (default output/demo/metaalign_fo).
+Finished steps are reused (a run whose result file exists is not retrained; an interrupted run resumes from
+its last checkpoint). Everything lands under --output-dir (default output/demo). One seed shows one draw;
+the multi-seed study (docs/benchmarks.md, `make adaptation-study`) says how large and how reliable the gain is.
 """
 import argparse
+import concurrent.futures as futures
+import json
 import os
+import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+DEMO = os.path.join(ROOT, "configs", "demo")
+TARGET_VAL, SOURCE_VAL = "synthetic_foggy_val", "synthetic_clear_val"
+METHODS = {
+    "metaalign": ("metaalign_R18_FPN.yaml", "MetaAlign (1st order)"),
+    "da_joint": ("da_joint_R18_FPN.yaml", "DA joint"),
+}
 
-import metaalign_det  # noqa: E402
-import metaalign_det.data  # noqa: E402,F401  (registers the demo pair)
-import torch  # noqa: E402
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.engine import default_setup  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from metaalign_det.engine import MetaAlignTrainer  # noqa: E402
-from metaalign_det.engine.setup import setup_cfg  # noqa: E402
+def _train(config, out, opts, threads, log_name="run.log"):
+    """tools/train_net.py in its own process (resumes if a checkpoint is there); returns wall seconds."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config]
+    if os.path.exists(os.path.join(out, "last_checkpoint")):
+        cmd.append("--resume")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(os.path.join(out, log_name), "a") as log:
+        rc = subprocess.run(cmd + list(opts) + ["OUTPUT_DIR", out], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT, env=env).returncode
+    if rc != 0:
+        raise SystemExit(f"[demo] training failed (exit {rc}): see {os.path.join(out, log_name)}")
+    return time.perf_counter() - t0
+
+
+def _ap(out, dataset):
+    with open(os.path.join(out, "inference", f"ap_{dataset}.json")) as f:
+        d = json.load(f)
+    return d["mAP"], {c["name"]: c["ap"] for c in d["classes"]}
+
+
+def _done(out):
+    return all(os.path.exists(os.path.join(out, "inference", f"ap_{d}.json")) for d in (TARGET_VAL, SOURCE_VAL))
+
+
+def _fmt_time(s):
+    return f"{int(s // 60)} min {int(s % 60):02d} s"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config-file", default=os.path.join(ROOT, "configs", "demo", "metaalign_R18_FPN.yaml"))
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    p.add_argument("--method", choices=list(METHODS), default="metaalign")
+    p.add_argument("--base-iters", type=int, default=600)
+    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", default=os.path.join(ROOT, "output", "demo"))
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    t0 = time.perf_counter()
-    cfg = setup_cfg(args.config_file, args.opts)
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TRAIN_TARGET) + list(cfg.DATASETS.TEST):
-        DatasetCatalog.get(name)  # the first call generates the pair (once)
-    print(f"[demo] data ready ({time.perf_counter() - t0:.0f} s)", flush=True)
-    default_setup(cfg, argparse.Namespace(config_file=args.config_file, opts=args.opts, eval_only=False))
-    setup_logger(output=cfg.OUTPUT_DIR, name="metaalign_det")
-    trainer = MetaAlignTrainer(cfg)
-    trainer.resume_or_load(resume=True)
-    if trainer.start_iter < cfg.SOLVER.MAX_ITER:
-        trainer.train()
-    t1 = time.perf_counter()
-    results = MetaAlignTrainer.test(cfg, trainer.model)
-    if "bbox" in results:  # detectron2 unwraps the dict when there is one test set
-        results = {cfg.DATASETS.TEST[0]: results}
-    t2 = time.perf_counter()
-    print(f"\n[demo] {cfg.META.MODE} training: {t1 - t0:.0f} s, evaluation: {t2 - t1:.0f} s; "
-          f"output in {cfg.OUTPUT_DIR}")
-    for name, res in results.items():
-        ap = res["bbox"]
-        per_class = ", ".join(f"{k[5:]} {v:.1f}" for k, v in ap.items() if k.startswith("AP50-"))
-        print(f"[demo] AP50 ({cfg.TEST.AP_METRIC}) on {name}: {ap['AP50']:.1f}  ({per_class})")
+    if args.base_iters < 1 or args.iters < 1:
+        p.error("--base-iters and --iters must be >= 1")
+    t_start = time.perf_counter()
+
+    # 1. the pair (generated once, in this process: it is the only thing both trainings share besides the base)
+    sys.path.insert(0, ROOT)
+    import metaalign_det  # noqa: F401  (compat first)
+    from detectron2.data import DatasetCatalog
+
+    import metaalign_det.data  # noqa: F401  (registers the demo pair)
+
+    for name in ("synthetic_clear_train", "synthetic_foggy_train", TARGET_VAL, SOURCE_VAL):
+        DatasetCatalog.get(name)
+    print(f"[demo] data ready ({time.perf_counter() - t_start:.0f} s)", flush=True)
+
+    threads = max(1, os.cpu_count() or 1)
+    tests = f"('{TARGET_VAL}', '{SOURCE_VAL}')"
+    # 2. the shared start: a source-only base detector (constant lr after warm-up)
+    base_dir = os.path.join(args.output_dir, "base")
+    base_w = os.path.join(base_dir, "model_final.pth")
+    if not os.path.exists(base_w):
+        print(f"[demo] training the source-only base detector: {args.base_iters} iterations from random init "
+              f"({threads} threads)...", flush=True)
+        s = _train(os.path.join(DEMO, "source_only_R18_FPN.yaml"), base_dir,
+                   ["SOLVER.MAX_ITER", str(args.base_iters), "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS",
+                    str(max(1, args.base_iters // 10)), "SOLVER.CHECKPOINT_PERIOD", str(args.base_iters),
+                    "DATASETS.TEST", "()", "SEED", str(args.seed)], threads)
+        print(f"[demo] base done ({_fmt_time(s)})", flush=True)
+
+    # 3. two detectors from the same base, the same schedule and seed (same source data order)
+    config, label = METHODS[args.method]
+    runs = {"source-only": (os.path.join(DEMO, "source_only_R18_FPN.yaml"), os.path.join(args.output_dir, "source_only")),
+            label: (os.path.join(DEMO, config), os.path.join(args.output_dir, args.method))}
+    sched = ["MODEL.WEIGHTS", base_w, "SOLVER.MAX_ITER", str(args.iters), "SOLVER.WARMUP_ITERS",
+             str(max(1, args.iters // 10)), "SOLVER.STEPS", f"({int(args.iters * 0.8)},)",
+             "SOLVER.CHECKPOINT_PERIOD", str(max(1, args.iters // 3)), "DATASETS.TEST", tests, "SEED", str(args.seed)]
+    todo = {k: v for k, v in runs.items() if not _done(v[1])}
+    if todo:
+        per_run = max(1, threads // len(todo))
+        print(f"[demo] from the base, {args.iters} more iterations each, side by side ({per_run} thread(s) each): "
+              + ", ".join(todo) + "...", flush=True)
+        with futures.ThreadPoolExecutor(len(todo)) as pool:
+            jobs = {k: pool.submit(_train, cfg, out, sched, per_run) for k, (cfg, out) in todo.items()}
+            for k, job in jobs.items():
+                print(f"[demo] {k} done ({_fmt_time(job.result())})", flush=True)
+
+    # 4. side by side
+    (so_t, so_c), (ad_t, ad_c) = (_ap(runs[k][1], TARGET_VAL) for k in runs)
+    so_s, ad_s = (_ap(runs[k][1], SOURCE_VAL)[0] for k in runs)
+    width = max(len(label), 11)
+    print(f"\nAP50 (coco101) on {TARGET_VAL} (target domain) — both from the same base detector, "
+          f"{args.iters} more iterations, seed {args.seed}")
+    print(f"| {'class':<8} | {'source-only':>{width}} | {label:>{width}} | {'Δ':>6} |")
+    print(f"|{'-' * 10}|{'-' * (width + 2)}|{'-' * (width + 2)}|{'-' * 8}|")
+    for c in so_c:
+        print(f"| {c:<8} | {so_c[c]:>{width}.1f} | {ad_c[c]:>{width}.1f} | {ad_c[c] - so_c[c]:>+6.1f} |")
+    print(f"| {'mean':<8} | {so_t:>{width}.1f} | {ad_t:>{width}.1f} | {ad_t - so_t:>+6.1f} |")
+    print(f"\nsource val ({SOURCE_VAL}): source-only {so_s:.1f}, {label} {ad_s:.1f}")
+    print(f"[demo] total {_fmt_time(time.perf_counter() - t_start)}; outputs under {args.output_dir}. One seed is "
+          "one draw: docs/benchmarks.md has the multi-seed study.")
     return 0
 
 

@@ -17,13 +17,23 @@ import logging
 import os
 
 import metaalign_det  # noqa: F401  (compat first; registers the project's models and datasets)
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import launch
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from metaalign_det.cli import (
+    ToolError,
+    check_datasets,
+    fail,
+    load_config,
+    load_dataset_dicts,
+    register_coco_json,
+    register_config_datasets,
+    split_config_overrides,
+)
 from metaalign_det.evaluation import (
     METRICS,
     DetectionAPEvaluator,
@@ -32,17 +42,8 @@ from metaalign_det.evaluation import (
     load_checked_weights,
     protocol_text,
 )
-from metaalign_det.evaluation.cli import (
-    ToolError,
-    check_datasets,
-    fail,
-    load_config,
-    register_coco_json,
-    register_config_datasets,
-    split_config_overrides,
-)
 from metaalign_det.evaluation.ap import default_max_dets
-from metaalign_det.evaluation.io import atomic_write_json
+from metaalign_det.utils.io import atomic_write_json
 
 TOOL = "eval.py"
 
@@ -86,19 +87,22 @@ def setup(args):
         if not 0.0 < args.iou <= 1.0:
             raise ToolError(f"--iou {args.iou}: expected a value in (0, 1]")
         cfg.TEST.AP_IOU = args.iou
+    if cfg.TEST.AP_METRIC not in METRICS:
+        raise ToolError(f"TEST.AP_METRIC {cfg.TEST.AP_METRIC!r}: expected one of {', '.join(METRICS)}")
+    if not isinstance(cfg.TEST.AP_IOU, (int, float)) or not 0.0 < cfg.TEST.AP_IOU <= 1.0:
+        raise ToolError(f"TEST.AP_IOU {cfg.TEST.AP_IOU!r}: expected a value in (0, 1]")
     if args.num_gpus > 1 and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise ToolError(f"--num-gpus {args.num_gpus} needs --device cuda (detectron2's launch uses NCCL)")
     cfg.MODEL.WEIGHTS = args.weights
     cfg.freeze()
-    register_coco_json(args.coco_json)
-    register_config_datasets(cfg)
+    register_coco_json(args.coco_json)  # the config's DATASETS.PAIR_MANIFESTS: registered by load_config
     datasets = list(args.dataset or cfg.DATASETS.TEST)
     if not datasets:
         raise ToolError("no dataset to evaluate: pass --dataset NAME or set DATASETS.TEST in the config")
     check_datasets(datasets)
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     for name in datasets:
-        DatasetCatalog.get(name)  # COCO-json datasets fill their metadata when loaded
+        load_dataset_dicts(name)  # unreadable or empty: one line; COCO-json datasets fill their metadata here
         classes = MetadataCatalog.get(name).get("thing_classes", None)
         if classes is not None and len(classes) != num_classes:
             raise ToolError(

@@ -4,15 +4,23 @@
     python tools/prepare_datasets.py                      # all: cityscapes foggy sim10k synthetic
     python tools/prepare_datasets.py cityscapes foggy     # some
     python tools/prepare_datasets.py synthetic            # generate the demo pair (what `make demo` needs)
-    options: --root DIR (default $DETECTRON2_DATASETS or datasets/), --check (report only, convert nothing),
-             --workers N (mask decoding processes), --rebuild (drop the caches first),
+    python tools/prepare_datasets.py --manifest my_pair.yaml          # your own domain pair (repeatable)
+    python tools/prepare_datasets.py sim10k --verify-images           # also decode every image in full
+    options: --root DIR (default $DETECTRON2_DATASETS or datasets/; also what ${DETECTRON2_DATASETS} means
+             in a manifest), --check (report only, convert nothing), --workers N (mask / image decoding
+             processes), --rebuild (drop the caches first),
              --make-list (Sim10k: write ImageSets/Main/trainval.txt from Annotations/*.xml when absent)
 
 For each dataset: what is missing, and which archive it comes from; then the conversion (progress bar) and a
 table of images and boxes per registered name and class, i.e. exactly what DatasetCatalog.get returns.
-Exit status 0 when every requested dataset is ready, 1 otherwise. Expected trees: datasets/README.md.
+For a pair manifest: its three sets, each file or folder it needs that is missing, then the same table
+(an unlabelled target is reported as "unlabelled (images only)"). --verify-images decodes every image of
+what was loaded and lists each that fails (loading itself only reads headers and end markers).
+Exit status 0 when every requested dataset is ready, 1 otherwise, 2 for bad arguments or a bad manifest
+(one "error:" line naming the file and key). Expected trees: datasets/README.md.
 """
 import argparse
+import contextlib
 import glob
 import logging
 import os
@@ -33,11 +41,19 @@ from metaalign_det.data.datasets.cityscapes_foggy import (  # noqa: E402
     load_gtfine_annotations,
 )
 from metaalign_det.data.datasets.coco_cache import cache_dir_for  # noqa: E402
+from metaalign_det.data.datasets.image_files import collect_unreadable_images, verify_image  # noqa: E402
 from metaalign_det.data.datasets.sim10k import SIM10K_ARCHIVES  # noqa: E402
 from metaalign_det.data.datasets.synthetic import (  # noqa: E402
     ensure_synthetic_pair,
     synthetic_pair_dir,
     synthetic_pair_is_current,
+)
+from metaalign_det.data.pairs import (  # noqa: E402
+    ROLES,
+    load_manifest,
+    pair_dataset_names,
+    register_domain_pair,
+    registered_pairs,
 )
 
 DATASETS = ("cityscapes", "foggy", "sim10k", "synthetic")
@@ -111,11 +127,18 @@ def check_sim10k(root, make_list=False):
     return problems, notes
 
 
-def count_table(names):
-    """Rows: name, images, images without objects, boxes per class, crowd, difficult."""
+def count_table(names, records=None):
+    """Rows: name, images, images without objects, boxes per class, crowd, difficult.
+
+    ``records``: name -> dataset dicts already loaded (default: ``DatasetCatalog.get``). An unlabelled set
+    (no record has ``annotations``) gets ``None`` for the objects and the per-class counts.
+    """
     rows = []
     for name in names:
-        recs = DatasetCatalog.get(name)
+        recs = records[name] if records is not None else DatasetCatalog.get(name)
+        if recs and not any("annotations" in r for r in recs):
+            rows.append((name, len(recs), None, None, 0, 0))
+            continue
         classes = MetadataCatalog.get(name).thing_classes
         per_class = [0] * len(classes)
         crowd = difficult = empty = 0
@@ -135,17 +158,166 @@ def count_table(names):
 def print_table(rows, out=None):
     out = out or sys.stdout
     for name, n, empty, per_class, crowd, difficult in rows:
+        if per_class is None:
+            print(f"  {name:<38} images={n:<6} unlabelled (images only)", file=out)
+            continue
         classes = "  ".join(f"{c}={k}" for c, k in per_class.items())
         extra = (f"  crowd={crowd}" if crowd else "") + (f"  difficult={difficult}" if difficult else "")
         print(f"  {name:<38} images={n:<6} no-object={empty:<5} {classes}{extra}", file=out)
 
 
+def pair_problems(definition):
+    """One line per file or folder a pair's sets need and lack (a registered set is checked when loaded)."""
+    problems = []
+    for role in ROLES:
+        spec = definition[role]
+        need = []
+        if spec["type"] == "coco":
+            need = [(spec["json"], "annotation file", os.path.isfile),
+                    (spec["image_root"], "image folder", os.path.isdir)]
+        elif spec["type"] == "voc":
+            root = spec["root"]
+            need = [(root, "VOC root", os.path.isdir),
+                    (os.path.join(root, "ImageSets", "Main", f"{spec['split']}.txt"), "split list", os.path.isfile),
+                    (os.path.join(root, spec["ann_dir"]), "annotation folder", os.path.isdir),
+                    (os.path.join(root, spec["image_dir"]), "image folder", os.path.isdir)]
+        elif spec["type"] == "images":
+            need = [(spec["root"], "image folder", os.path.isdir)]
+        for path, what, exists in need:
+            if not exists(path):
+                problems.append(f"{role}: missing {what} {path}")
+                if what == "VOC root":
+                    break  # everything under it is missing too
+    return problems
+
+
+def describe_set(spec):
+    if spec["type"] == "coco":
+        return f"COCO {spec['json']} (images under {spec['image_root']})"
+    if spec["type"] == "voc":
+        return f"VOC {spec['root']} (split {spec['split']}, {spec['image_dir']}/*{spec['image_ext']})"
+    if spec["type"] == "images":
+        return f"unlabelled images under {spec['root']} ({', '.join('*' + e for e in spec['extensions'])})"
+    return f"registered dataset {spec['name']}"
+
+
+@contextlib.contextmanager
+def datasets_root_env(root):
+    """``$DETECTRON2_DATASETS`` = ``root`` inside the block (what a manifest's ``${DETECTRON2_DATASETS}`` means)."""
+    old = os.environ.get("DETECTRON2_DATASETS")
+    os.environ["DETECTRON2_DATASETS"] = root
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DETECTRON2_DATASETS", None)
+        else:
+            os.environ["DETECTRON2_DATASETS"] = old
+
+
+def register_manifests(paths, root):
+    """[(manifest path, pair name, normalised definition)]; a bad manifest raises ValueError/FileNotFoundError."""
+    out = []
+    with datasets_root_env(root):
+        for path in paths:
+            m = load_manifest(path)
+            register_domain_pair(**m, _origin=f"pair manifest {path}")
+            out.append((path, m["name"], registered_pairs()[m["name"]]["definition"]))
+    return out
+
+
+def decode_all(paths, workers=None):
+    """{path: reason} of the images in ``paths`` that fail a full decode (a process pool when worth it)."""
+    from tqdm import tqdm
+
+    workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
+    bar = dict(total=len(paths), desc="decoding images", unit="img", mininterval=1.0)
+    if workers == 1 or len(paths) < 64:
+        reasons = [verify_image(p) for p in tqdm(paths, **bar)]
+    else:
+        import multiprocessing
+
+        # as the Cityscapes mask decoding: fork where it exists (no re-import of torch per worker)
+        with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
+            reasons = list(tqdm(pool.imap(verify_image, paths, chunksize=16), **bar))
+    return {p: r for p, r in zip(paths, reasons) if r is not None}
+
+
+def report_unreadable(skipped_at_load, records, verify, workers, listed=20):
+    """Print what loading skipped and (``verify``) what fails a full decode; return False if anything did."""
+    skipped = dict(skipped_at_load)
+    if not verify:
+        if skipped:
+            first, reason = next(iter(skipped.items()))
+            print(f"  note: {len(skipped)} unreadable image(s) skipped at load, first {first} ({reason}); "
+                  f"--verify-images lists them all")
+        return True
+    paths = sorted({r["file_name"] for recs in records.values() for r in recs})
+    failed = decode_all(paths, workers)
+    bad = {**skipped, **failed}
+    total = len(paths) + len(skipped)
+    if not bad:
+        print(f"  all {total} images decode")
+        return True
+    print(f"  UNREADABLE: {len(bad)} of {total} images ({len(skipped)} skipped at load: bad header or cut short; "
+          f"{len(failed)} fail a full decode):")
+    for path in sorted(bad)[:listed]:
+        print(f"   - {path} ({bad[path]})")
+    if len(bad) > listed:
+        print(f"   ... and {len(bad) - listed} more")
+    return False
+
+
+def load_sets(names):
+    """({name: records}, [(path, reason)] skipped at load) of every name."""
+    with collect_unreadable_images() as skipped:
+        records = {name: DatasetCatalog.get(name) for name in names}
+    return records, skipped
+
+
+def check_pair(path, name, definition, check_only, verify, workers):
+    """Report one manifest's pair; return True when it is ready."""
+    print(f"\n== pair {name} ({path})")
+    for role in ROLES:
+        print(f"  {role:<7} {describe_set(definition[role])}")
+    problems = pair_problems(definition)
+    if problems:
+        print("  NOT READY:")
+        for p in problems:
+            print(f"   - {p}")
+    if check_only:
+        if not problems:
+            print("  files present (not loaded: --check)")
+        return not problems
+    # load every set whose files are there: all errors at once, not one per run
+    missing = {p.split(":")[0] for p in problems}
+    names = [pair_dataset_names(name)[r] for r in ROLES if r not in missing]
+    records, ok = {}, not problems
+    with collect_unreadable_images() as skipped:
+        for n in names:
+            try:
+                records[n] = DatasetCatalog.get(n)
+            except (OSError, ValueError) as e:
+                print(f"  ERROR ({n}): {e}")
+                ok = False
+    if records:
+        print_table(count_table(list(records), records))
+        ok = report_unreadable(skipped, records, verify, workers) and ok
+    return ok
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("datasets", nargs="*", metavar="DATASET", help=f"any of {', '.join(DATASETS)}, or all (default)")
+    ap.add_argument("datasets", nargs="*", metavar="DATASET",
+                    help=f"any of {', '.join(DATASETS)}, or all (default, unless --manifest is given)")
     ap.add_argument("--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or datasets/)")
+    ap.add_argument("--manifest", action="append", default=[], metavar="YAML",
+                    help="a domain-pair manifest to check like the builtin datasets (repeatable)")
     ap.add_argument("--check", action="store_true", help="only check the trees; convert and count nothing")
-    ap.add_argument("--workers", type=int, default=None, help="processes decoding Cityscapes masks (default: auto)")
+    ap.add_argument("--verify-images", action="store_true",
+                    help="decode every image in full and list those that fail (slow: minutes for Cityscapes)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes decoding Cityscapes masks and, with --verify-images, images (default: auto)")
     ap.add_argument("--rebuild", action="store_true", help="delete the annotation caches first")
     ap.add_argument("--make-list", action="store_true", help="Sim10k: write trainval.txt from Annotations/ if absent")
     args = ap.parse_args(argv)
@@ -153,10 +325,20 @@ def main(argv=None):
     unknown = [d for d in args.datasets if d not in DATASETS + ("all",)]
     if unknown:
         ap.error(f"unknown dataset(s) {unknown}; choose from {', '.join(DATASETS)}, all")
-    wanted = DATASETS if not args.datasets or "all" in args.datasets else tuple(dict.fromkeys(args.datasets))
+    if args.verify_images and args.check:
+        ap.error("--verify-images decodes what is loaded; --check loads nothing: give one of them")
+    if not args.datasets:
+        wanted = () if args.manifest else DATASETS
+    else:
+        wanted = DATASETS if "all" in args.datasets else tuple(dict.fromkeys(args.datasets))
     root = os.path.abspath(args.root or builtin.datasets_root())
     builtin.register_all_builtin(root, overwrite=True)
     print(f"datasets root: {root}")
+    try:
+        pairs = register_manifests(args.manifest, root)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ok = True
     for ds in wanted:
         print(f"\n== {ds}")
@@ -199,10 +381,15 @@ def main(argv=None):
                     shutil.rmtree(synthetic_pair_dir(root), ignore_errors=True)
                 ensure_synthetic_pair(root)
                 names = list(builtin.SYNTHETIC_SPLITS)
-            print_table(count_table(names))
+            records, skipped = load_sets(names)
+            print_table(count_table(names, records))
         except (OSError, ValueError) as e:
             ok = False
             print(f"  ERROR: {e}")
+            continue
+        ok = report_unreadable(skipped, records, args.verify_images, args.workers) and ok
+    for path, name, definition in pairs:
+        ok = check_pair(path, name, definition, args.check, args.verify_images, args.workers) and ok
     print("\nall requested datasets are ready" if ok else "\nsome requested datasets are not ready (see above)")
     return 0 if ok else 1
 

@@ -7,7 +7,9 @@
     python tools/train_net.py --config-file CFG --num-gpus 8 SOLVER.IMS_PER_BATCH 16 ...
 
 Trailing KEY VALUE pairs override the config. Multi-GPU runs use detectron2's ``launch``.
-Bad input (missing config file, unknown dataset, inconsistent keys) exits with one ``error:`` line.
+Bad input (missing config file, unknown dataset or missing split, a bad key value, a missing weights file, a
+CUDA config on a machine without CUDA) exits with one ``error:`` line, before the first iteration.
+The console shows the run; the environment, config and model dumps are in OUTPUT_DIR/log.txt.
 """
 import os
 import sys
@@ -15,22 +17,23 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import metaalign_det  # noqa: E402  (applies compat before detectron2 is imported)
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
 from metaalign_det.engine import MetaAlignTrainer  # noqa: E402
-from metaalign_det.engine.setup import setup_cfg  # noqa: E402
+from metaalign_det.cli import setup_cfg  # noqa: E402
+from metaalign_det.engine.checkpoint import AtomicDetectionCheckpointer  # noqa: E402
+from metaalign_det.engine.setup import setup_run  # noqa: E402
+from metaalign_det.engine.trainer import check_device, check_eval_config, check_model_weights  # noqa: E402
 
 Trainer = MetaAlignTrainer
 
 
 def setup(args):
-    """cfg from the file + overrides, manifests registered, detectron2's default_setup (logging, seed)."""
+    """cfg from the file + overrides, manifests registered, the device checked; then detectron2's
+    default_setup steps (logging -- dumps to log.txt only --, config.yaml, seed)."""
     cfg = setup_cfg(args.config_file, args.opts)
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="metaalign_det")
+    check_device(cfg)
+    setup_run(cfg, args)
     metaalign_det.compat.log_applied()
     return cfg
 
@@ -38,13 +41,16 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        ckpt = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        check_eval_config(cfg)
+        checkpointer = AtomicDetectionCheckpointer(Trainer.build_model(cfg), save_dir=cfg.OUTPUT_DIR)
+        if not (args.resume and checkpointer.has_checkpoint()):
+            if not cfg.MODEL.WEIGHTS:
+                raise ValueError("--eval-only needs MODEL.WEIGHTS: the checkpoint to evaluate")
+            check_model_weights(cfg.MODEL.WEIGHTS)
+        ckpt = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         if cfg.MODEL.EMA.ENABLED and isinstance(ckpt.get("ema"), dict):  # evaluate the EMA, as training does
-            model.load_state_dict(ckpt["ema"]["model"])
-        return Trainer.test(cfg, model)
+            checkpointer.model.load_state_dict(ckpt["ema"]["model"])
+        return Trainer.test(cfg, checkpointer.model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -19,19 +19,18 @@ import logging
 import os
 
 import metaalign_det  # noqa: F401  (compat first; registers the project's models and datasets)
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
 from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights
-from metaalign_det.evaluation.cli import (
+from metaalign_det.cli import (
     ToolError,
-    check_datasets,
     fail,
     load_config,
+    load_dataset_dicts,
     register_coco_json,
-    register_config_datasets,
     split_config_overrides,
 )
 from metaalign_det.utils.plots import load_metrics, plot_training_curves
@@ -92,7 +91,6 @@ def _predictors(args):
         if args.device:
             cfg.MODEL.DEVICE = args.device
         cfg.MODEL.WEIGHTS = ""  # DefaultPredictor then builds without loading; the checked load follows
-        register_config_datasets(cfg)
         predictor = DefaultPredictor(cfg)
         for warning in load_checked_weights(predictor.model, weights, use_ema=cfg.MODEL.EMA.ENABLED):
             logging.getLogger(__name__).warning(warning)
@@ -103,14 +101,15 @@ def _predictors(args):
 def predictions(args):
     if args.num_images < 1:
         raise ToolError(f"--num-images {args.num_images}: expected >= 1")
+    if not args.scale > 0:
+        raise ToolError(f"--scale {args.scale}: expected a value > 0")
     register_coco_json(args.coco_json)
     predictors = _predictors(args)
     try:
         titles = titles_for(args.weights, args.labels)
     except ValueError as e:
         raise ToolError(str(e)) from e
-    check_datasets([args.dataset])
-    records = DatasetCatalog.get(args.dataset)[: args.num_images]
+    records = load_dataset_dicts(args.dataset)[: args.num_images]  # registered, readable, not empty
     metadata = MetadataCatalog.get(args.dataset)
     written = []
     for i, record in enumerate(records):

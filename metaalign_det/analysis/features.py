@@ -128,7 +128,7 @@ def gradient_agreement(model: torch.nn.Module, pairs: Iterable[Tuple[list, list]
 
 
 def _agreement(model, params, pairs, num_batches, seed, cosines):
-    from ..engine.train_loop import LossEvaluator
+    from ..engine.loss_evaluator import LossEvaluator
     from ..meta import meta_align_grads
 
     try:

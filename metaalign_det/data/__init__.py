@@ -2,8 +2,13 @@
 
 Importing this registers every builtin dataset name (``datasets/builtin.py``) without reading any file.
 """
+from .. import compat
+
+compat.apply()  # before any detectron2 import; without detectron2: ImportError saying how to get it
+
 from . import datasets  # noqa: F401  (registers the builtin datasets; reads no file)
 from .datasets import datasets_root, register_all_builtin
+from .mapper import SafeImageMapper, UnreadableImageError
 from .pairs import (
     load_manifest,
     pair_dataset_names,
@@ -22,4 +27,6 @@ __all__ = [
     "register_pair_manifests",
     "registered_pairs",
     "unregister_domain_pair",
+    "SafeImageMapper",
+    "UnreadableImageError",
 ]

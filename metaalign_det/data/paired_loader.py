@@ -28,6 +28,8 @@ from detectron2.data import (
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
+from .mapper import SafeImageMapper
+
 __all__ = [
     "PairedDataLoader",
     "ResumableTrainingSampler",
@@ -105,11 +107,48 @@ def strip_annotations(dataset_dicts: List[dict]) -> List[dict]:
     return [{k: v for k, v in d.items() if k not in drop} for d in dataset_dicts]
 
 
+def _has_box(record) -> bool:
+    return any(not a.get("iscrowd", 0) for a in record.get("annotations", ()))
+
+
+def labelled_source_dicts(cfg) -> List[dict]:
+    """The DATASETS.TRAIN records, without the images that have no (non-crowd) box when
+    DATALOADER.FILTER_EMPTY_ANNOTATIONS is set (as detectron2 filters them).
+
+    A source set in which no image has a box is one clear error naming it, instead of detectron2's
+    ``AssertionError: No valid data found`` (or a source-only model that never sees a label).
+    """
+    names = list(cfg.DATASETS.TRAIN)
+    try:
+        dicts = get_detection_dataset_dicts(
+            names,
+            filter_empty=False,
+            min_keypoints=0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+    except AssertionError as e:  # detectron2: "Dataset 'x' is empty!"
+        raise ValueError(f"DATASETS.TRAIN {names}: {e}") from None
+    labelled = [d for d in dicts if _has_box(d)]
+    if not labelled:
+        dropped = (" and DATALOADER.FILTER_EMPTY_ANNOTATIONS=True drops every image without one"
+                   if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS else "")
+        raise ValueError(
+            f"DATASETS.TRAIN {names}: none of its {len(dicts)} images has a box{dropped}; the source set must "
+            f"be labelled (an unlabelled set belongs in DATASETS.TRAIN_TARGET)"
+        )
+    if not cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        return dicts
+    if len(labelled) < len(dicts):
+        logger.info("Removed %d images with no usable annotations. %d images left.",
+                    len(dicts) - len(labelled), len(labelled))
+    return labelled
+
+
 def _domain_loader(cfg, dataset_dicts, total_batch_size, seed, skip, mapper):
     sampler = ResumableTrainingSampler(len(dataset_dicts), shuffle=True, seed=seed, skip=skip)
     loader = build_detection_train_loader(
         dataset=dataset_dicts,
-        mapper=mapper,
+        mapper=SafeImageMapper(mapper, fallback=dataset_dicts),  # an unreadable image: named, replaced (same domain)
         sampler=sampler,
         total_batch_size=total_batch_size,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
@@ -166,12 +205,7 @@ def build_paired_train_loader(cfg, start_iter: int = 0, seeds: Optional[dict] = 
         base = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         seeds = {"source": int(base), "target": int(base) + 1}
 
-    source_dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        min_keypoints=0,
-        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-    )
+    source_dicts = labelled_source_dicts(cfg)
     source, s_seed = _domain_loader(
         cfg, source_dicts, cfg.SOLVER.IMS_PER_BATCH, seeds["source"],
         start_iter * cfg.SOLVER.IMS_PER_BATCH, mapper,

@@ -5,24 +5,39 @@ A pair is declared by a YAML (or JSON) manifest, or by :func:`register_domain_pa
     name: kitti_to_cityscapes_car          # registers <name>_source, <name>_target, <name>_test
     classes: [car]                         # the pair's class list: thing_classes of all three
     class_map: {Car: car, Van: null}       # optional: dataset class -> declared class, null = drop its boxes
-    source: {type: voc, root: ${DETECTRON2_DATASETS}/kitti/VOC2012, split: trainval}
-    target: {type: registered, name: cityscapes_car_train}
-    test:   {type: coco, json: cs_car_val.json, image_root: ${DETECTRON2_DATASETS}/cityscapes}
+    source:
+      type: voc
+      root: ${DETECTRON2_DATASETS}/kitti/VOC2012
+      split: trainval
+    target: {type: images, root: "${DETECTRON2_DATASETS}/cityscapes/leftImg8bit/train"}
+    test: {type: coco, json: cs_car_val.json, image_root: "${DETECTRON2_DATASETS}/cityscapes"}
 
-Set types and their keys (``class_map`` is allowed in each set too; it is merged over the top-level one):
+(In YAML's ``{...}`` flow style a value holding ``{`` or ``}`` such as ``${VAR}`` must be quoted; block style
+needs no quotes.) Set types and their keys (``class_map`` is allowed in each labelled set too; it is merged
+over the top-level one):
 
-* ``coco``: ``json`` (COCO instances file), ``image_root`` (what its ``file_name`` s are relative to);
+* ``coco``: ``json`` (COCO instances file), ``image_root`` (what its ``file_name`` s are relative to). For
+  the target only, a file holding ``images`` but neither ``annotations`` nor ``categories`` is accepted: an
+  unlabelled set (image sizes missing from it are read from the image headers);
 * ``voc``: ``root`` (holding ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/``), ``split`` (default
   ``trainval``), optional ``image_dir`` / ``ann_dir`` / ``image_ext`` (defaults ``JPEGImages``,
   ``Annotations``, ``.jpg``);
-* ``registered``: ``name`` of a dataset already in ``DatasetCatalog`` (e.g. a builtin one).
+* ``registered``: ``name`` of a dataset already in ``DatasetCatalog`` (e.g. a builtin one). For the target
+  only, a dataset without ``thing_classes`` metadata is accepted as unlabelled (its annotations, if any, are
+  dropped);
+* ``images`` (target only): ``root``, a folder searched recursively for images, optional ``extensions``
+  (default ``[.jpg, .jpeg, .png]``, case-insensitive). The target set is unlabelled by definition: this
+  is all it needs.
 
 Paths may use ``${DETECTRON2_DATASETS}`` (its default ``datasets`` when unset) and other environment
 variables; relative paths are relative to the manifest's directory. Class lists must agree: after the class
 map, each set's classes must be exactly the declared ones (a COCO file's categories, a registered dataset's
 thing_classes) and a VOC XML may hold no class that is neither declared nor mapped; otherwise one error
-names both lists. Checks that need no file are made when registering; the rest when a set is loaded
-(registration reads no annotation file).
+names both lists. An unlabelled target (``images``, an images-only COCO file, a registered dataset without
+thing_classes) has no classes to check; it still gets the pair's ``thing_classes`` as metadata, so the
+paired loader's source/target class check passes. Checks that need no file are made when registering; the
+rest when a set is loaded (registration reads no annotation file). Unlabelled records have no
+``annotations`` key.
 
 Registering is idempotent: the same definition twice is a no-op; a different one under a registered name is
 an error. ``tools/train_net.py`` calls :func:`register_pair_manifests` on ``cfg.DATASETS.PAIR_MANIFESTS``
@@ -34,6 +49,8 @@ import os
 import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .datasets.image_files import IMAGE_EXTENSIONS, load_image_folder
 
 __all__ = [
     "ROLES",
@@ -51,7 +68,9 @@ _SET_KEYS = {
     "coco": ({"json", "image_root"}, {"class_map"}),
     "voc": ({"root"}, {"split", "image_dir", "ann_dir", "image_ext", "class_map"}),
     "registered": ({"name"}, {"class_map"}),
+    "images": ({"root"}, {"extensions"}),
 }
+_UNLABELLED_TYPES = {"images"}  # set types allowed for the target only
 _PATH_KEYS = {"json", "image_root", "root"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -113,7 +132,12 @@ def _normalise(name, classes, sets, class_map, base_dir, where):
         spec = dict(spec)
         kind = spec.pop("type", None)
         if kind not in _SET_KEYS:
-            raise ValueError(f"{w}: 'type' must be one of {sorted(_SET_KEYS)}, got {kind!r}")
+            labelled = sorted(set(_SET_KEYS) - _UNLABELLED_TYPES)
+            also = f" or {sorted(_UNLABELLED_TYPES)} (unlabelled, target only)" if role == "target" else ""
+            raise ValueError(f"{w}: 'type' must be one of {labelled}{also}, got {kind!r}")
+        if kind in _UNLABELLED_TYPES and role != "target":
+            raise ValueError(f"{w}: an {kind!r} set has no labels; only the target may be unlabelled "
+                             f"(give the {role} set as coco, voc or registered)")
         required, optional = _SET_KEYS[kind]
         missing = sorted(required - set(spec))
         if missing:
@@ -127,6 +151,8 @@ def _normalise(name, classes, sets, class_map, base_dir, where):
                 norm[k] = _resolve_path(v, base_dir, f"{w}.{k}")
             elif k == "class_map":
                 norm[k] = _check_class_map(v, classes, w)
+            elif k == "extensions":
+                norm[k] = _check_extensions(v, f"{w}.{k}")
             else:
                 if not isinstance(v, str) or not v:
                     raise ValueError(f"{w}.{k}: expected a non-empty string, got {v!r}")
@@ -136,17 +162,31 @@ def _normalise(name, classes, sets, class_map, base_dir, where):
             norm.setdefault("image_dir", "JPEGImages")
             norm.setdefault("ann_dir", "Annotations")
             norm.setdefault("image_ext", ".jpg")
+        if kind == "images":
+            norm.setdefault("extensions", list(IMAGE_EXTENSIONS))
         if kind == "registered":
-            _check_registered_classes(norm["name"], classes, {**top_map, **norm.get("class_map", {})}, w)
+            _check_registered_classes(norm["name"], classes, {**top_map, **norm.get("class_map", {})}, w,
+                                      allow_unlabelled=(role == "target"))
         out[role] = norm
     return out
 
 
-def _check_registered_classes(dataset, classes, class_map, where):
+def _check_extensions(value, where):
+    if isinstance(value, str):
+        value = [value]
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(isinstance(e, str) and len(e) > 1 and e.startswith(".") for e in value)):
+        raise ValueError(f"{where}: expected a list of file suffixes such as [.jpg, .png], got {value!r}")
+    return [e.lower() for e in value]
+
+
+def _check_registered_classes(dataset, classes, class_map, where, allow_unlabelled=False):
     if dataset not in DatasetCatalog.list():
         raise ValueError(f"{where}: dataset {dataset!r} is not registered (register it first, or use a coco/voc set)")
     theirs = MetadataCatalog.get(dataset).get("thing_classes", None)
     if theirs is None:
+        if allow_unlabelled:  # an unlabelled target: nothing to check
+            return
         raise ValueError(f"{where}: dataset {dataset!r} has no thing_classes metadata to check against {classes}")
     mapped = {class_map.get(c, c) for c in theirs} - {None}
     unknown = sorted(m for m in mapped if m not in classes)
@@ -157,20 +197,25 @@ def _check_registered_classes(dataset, classes, class_map, where):
         )
 
 
-def _load_set(spec, classes, class_map, context):
+def _load_set(spec, classes, class_map, context, role):
     """Dataset dicts of one set of a pair (called lazily by DatasetCatalog)."""
     cmap = {**class_map, **spec.get("class_map", {})}
+    if spec["type"] == "images":
+        return load_image_folder(spec["root"], spec["extensions"], context=context)
     if spec["type"] == "coco":
         from .datasets.coco_cache import load_coco_records
 
-        return load_coco_records(spec["json"], spec["image_root"], classes, cmap, context=context)
+        return load_coco_records(spec["json"], spec["image_root"], classes, cmap, context=context,
+                                 allow_images_only=(role == "target"))
     if spec["type"] == "voc":
         from .datasets.voc import load_voc_records
 
         return load_voc_records(spec["root"], spec["split"], classes, cmap, image_dir=spec["image_dir"],
                                 ann_dir=spec["ann_dir"], image_ext=spec["image_ext"], context=context)
     # registered: re-index the categories of an existing dataset by name
-    theirs = MetadataCatalog.get(spec["name"]).thing_classes
+    theirs = MetadataCatalog.get(spec["name"]).get("thing_classes", None)
+    if theirs is None:  # an unlabelled target (checked at registration): whatever labels it has are not ours
+        return [{k: v for k, v in r.items() if k != "annotations"} for r in DatasetCatalog.get(spec["name"])]
     index = {c: i for i, c in enumerate(classes)}
     remap = {}
     for k, c in enumerate(theirs):
@@ -192,6 +237,8 @@ def _describe(spec):
         return f"COCO {spec['json']} (images {spec['image_root']})"
     if spec["type"] == "voc":
         return f"VOC {spec['root']} ({spec['split']})"
+    if spec["type"] == "images":
+        return f"images under {spec['root']} (unlabelled)"
     return f"registered dataset {spec['name']}"
 
 
@@ -220,7 +267,7 @@ def register_domain_pair(name, classes, source, target, test, class_map=None, ba
         spec = definition[role]
         ds = names[role]
         loader = (lambda spec=spec, classes=tuple(definition["classes"]), cmap=definition["class_map"],
-                  ctx=f"{where}: {role}": _load_set(spec, classes, cmap, ctx))
+                  ctx=f"{where}: {role}", role=role: _load_set(spec, classes, cmap, ctx, role))
         DatasetCatalog.register(ds, loader)
         MetadataCatalog.get(ds).set(
             thing_classes=list(definition["classes"]), evaluator_type="coco", domain_pair=name, role=role,
@@ -257,7 +304,7 @@ def load_manifest(path):
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
         kind = "JSON" if path.endswith(".json") else "YAML"
-        raise ValueError(f"pair manifest {path}: not valid {kind} ({e})") from None
+        raise ValueError(f"pair manifest {path}: not valid {kind} ({_one_line(e)})") from None
     if not isinstance(data, dict):
         raise ValueError(f"pair manifest {path}: expected a mapping with {sorted(_TOP_KEYS)}")
     unknown = sorted(set(data) - _TOP_KEYS)
@@ -269,6 +316,15 @@ def load_manifest(path):
     out = {k: data.get(k) for k in ("name", "classes", "source", "target", "test", "class_map", "description")}
     out["base_dir"] = os.path.dirname(os.path.abspath(path))
     return out
+
+
+def _one_line(error):
+    """A parser error in one line: PyYAML's messages span several, with the offending text under a caret."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        context = f"{error.context}: " if getattr(error, "context", None) else ""
+        return f"{context}{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
 
 
 def register_pair_manifests(paths):

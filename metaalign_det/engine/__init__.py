@@ -1,5 +1,12 @@
+"""Training: ``MetaAlignTrainer`` (detectron2's DefaultTrainer with the MetaAlign step), the step classes and
+the loss adapter between model and meta step."""
+from .. import compat
+
+compat.apply()  # before any detectron2 import; without detectron2: ImportError saying how to get it
+
 from .trainer import MetaAlignTrainer, build_step_trainer
-from .train_loop import LossEvaluator, MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
+from .loss_evaluator import LossEvaluator
+from .train_loop import MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
 
 __all__ = ["MetaAlignTrainer", "build_step_trainer", "LossEvaluator", "MetaAlignSimpleTrainer",
            "MetaAlignAMPTrainer", "MetaAlignStepOptions"]

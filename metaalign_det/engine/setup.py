@@ -1,41 +1,88 @@
-"""Building a config the way every tool of this project does."""
+"""Setting up a run the way every tool of this project does: output directory, logging (dumps to the log file
+only), config.yaml, seeds. Building the config itself is :func:`metaalign_det.cli.setup_cfg`."""
+import logging
 import os
+import re
 
-from detectron2.config import get_cfg
+import torch
+from detectron2.utils import comm
+from detectron2.utils.collect_env import collect_env_info
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
 
-from ..config import add_metaalign_config
+__all__ = ["setup_run", "setup_logging", "FILE_ONLY"]
 
-__all__ = ["setup_cfg"]
+# ``logging`` extra for records that belong in OUTPUT_DIR/log.txt only (dumps of the environment, the config,
+# the model): the console handlers set up by :func:`setup_logging` drop them.
+FILE_ONLY = {"file_only": True}
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def setup_cfg(config_file, opts=(), freeze=True):
-    """detectron2 defaults + this project's keys + ``config_file`` (with ``_BASE_``) + ``KEY VALUE`` overrides;
-    then registers the domain-pair manifests it names (DATASETS.PAIR_MANIFESTS).
+# ---- run set-up -------------------------------------------------------------------------------------------
 
-    Errors: a missing config file or an unknown key -> ValueError/KeyError with one line naming it.
-    """
-    cfg = get_cfg()
-    add_metaalign_config(cfg)
+
+class _ConsoleFormatter(logging.Formatter):
+    """``[time name]: message`` without ANSI colour codes (detectron2's console formatter adds them, and some
+    messages carry their own); warnings and errors keep their level name in front."""
+
+    def __init__(self):
+        super().__init__("[%(asctime)s %(name)s]: %(message)s", datefmt="%m/%d %H:%M:%S")
+
+    def format(self, record):
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            text = f"{record.levelname} {text}"
+        return _ANSI.sub("", text)
+
+
+def _console_record(record):
+    return not getattr(record, "file_only", False)
+
+
+def _is_log_file_handler(handler):
+    return os.path.basename(str(getattr(getattr(handler, "stream", None), "name", ""))).startswith("log.txt")
+
+
+def setup_logging(output_dir, rank=0):
+    """detectron2's loggers ("detectron2", "fvcore", "metaalign_det") writing everything to
+    ``output_dir/log.txt`` (rank > 0: ``log.txt.rank<N>``) and, on rank 0, to the console without colour
+    codes and without records marked :data:`FILE_ONLY`."""
+    for name in ("fvcore", "detectron2", "metaalign_det"):
+        log = setup_logger(output_dir or None, distributed_rank=rank, name=name, color=False)
+        for handler in log.handlers:
+            if not _is_log_file_handler(handler):
+                handler.setFormatter(_ConsoleFormatter())
+                handler.addFilter(_console_record)
+
+
+def setup_run(cfg, args):
+    """What detectron2's ``default_setup`` does -- output directory, loggers, environment / arguments / config
+    in the log, OUTPUT_DIR/config.yaml, RNG seeds (SEED + rank), cudnn benchmark -- with a console that
+    shows the run, not the dumps: the environment, the config and the model go to OUTPUT_DIR/log.txt only,
+    and nothing on the console carries ANSI colour codes."""
+    output_dir = cfg.OUTPUT_DIR
+    rank = comm.get_rank()
+    if comm.is_main_process() and output_dir:
+        PathManager.mkdirs(output_dir)
+    setup_logging(output_dir, rank)
+    log = logging.getLogger("detectron2")
+    log.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
+    log.info("Environment info:\n%s", collect_env_info(), extra=FILE_ONLY)
+    log.info("Command line arguments: %s", args)
+    config_file = getattr(args, "config_file", "")
     if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"--config-file {config_file}: no such file")
-        cfg.merge_from_file(config_file)
-    if opts:
-        if len(opts) % 2:
-            raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd list: {list(opts)}")
-        try:
-            cfg.merge_from_list(list(opts))
-        except (KeyError, AssertionError) as e:
-            raise KeyError(f"config override {list(opts)}: {e}") from None
-    if freeze:
-        cfg.freeze()
-    _register_manifests(cfg)
-    return cfg
-
-
-def _register_manifests(cfg):
-    if not cfg.DATASETS.PAIR_MANIFESTS:
-        return
-    from ..data import register_pair_manifests
-
-    register_pair_manifests(cfg.DATASETS.PAIR_MANIFESTS)
+        with PathManager.open(config_file, "r") as f:
+            log.info("Contents of args.config_file=%s:\n%s", config_file, f.read(), extra=FILE_ONLY)
+    if comm.is_main_process() and output_dir:
+        path = os.path.join(output_dir, "config.yaml")
+        dump = cfg.dump()
+        log.info("Running with full config:\n%s", dump, extra=FILE_ONLY)
+        with PathManager.open(path, "w") as f:
+            f.write(dump)
+        log.info("Full config saved to %s; environment, config and model dumps are in %s", path,
+                 os.path.join(output_dir, "log.txt"))
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    if not getattr(args, "eval_only", False):
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK

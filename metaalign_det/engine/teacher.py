@@ -46,7 +46,8 @@ from detectron2.utils import comm
 from ..data.augmentation import SOURCE_STREAM, TARGET_STREAM, StrongAugmentation, view_seed
 from .distributed import world_size
 from .ema import ModelEMA
-from .train_loop import LossEvaluator, MetaAlignAMPTrainer, MetaAlignSimpleTrainer
+from .loss_evaluator import LossEvaluator
+from .train_loop import MetaAlignAMPTrainer, MetaAlignSimpleTrainer
 
 __all__ = [
     "DET_LOSS_NAMES",

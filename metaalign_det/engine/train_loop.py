@@ -5,9 +5,15 @@ one step function for every mode (``none`` = plain joint DA, ``first_order``, ``
 ``run_step`` is split into small overridable pieces (ALDI style): ``compute_gradients`` (the meta step),
 ``assign_gradients`` (one all-reduce, then ``p.grad``), ``write_step_metrics`` and ``optimizer_step``.
 The AMP subclass only changes the autocast context, the loss scale and the optimizer step.
+
+Divergence never reaches a checkpoint: a step stops training (FloatingPointError, one line) before the
+update when its gradients or losses are non-finite (``check_finite``), and after the update -- still inside
+``run_step``, so before the checkpoint hook of that iteration runs -- when the updated weights are
+non-finite or one update grew their norm more than ``max_weight_norm_growth`` times (``check_update``).
 """
 import contextlib
 import logging
+import math
 import time
 from typing import Dict, Optional
 
@@ -17,10 +23,12 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from .. import compat
 from ..meta import meta_align_grads, resolve_direction, select_params
 from .distributed import all_reduce_mean_, world_size
+from .loss_evaluator import LossEvaluator
 
-__all__ = ["MetaAlignStepOptions", "MetaAlignSimpleTrainer", "MetaAlignAMPTrainer", "LossEvaluator"]
+__all__ = ["MetaAlignStepOptions", "MetaAlignSimpleTrainer", "MetaAlignAMPTrainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,90 +63,22 @@ class MetaAlignStepOptions:
                    m.JOINT_GRAD_COS_PERIOD)
 
 
-class LossEvaluator:
-    """Evaluates the model's detection and alignment losses at parameter values ``p``.
-
-    * ``functional_call`` substitutes ``p`` for the module's trainable parameters (buffers and frozen
-      parameters stay the module's own).
-    * One forward serves both groups when both are asked for at the same ``p`` (the joint step): the result is
-      kept until each group has been read once, then dropped (its graph is freed by the backward).
-    * Every evaluation within a step runs under the same RNG seed (``seed``, one per step and process), so
-      θ, θ' and θ ± εv see the same ROI sampling and dropout masks -- required for a meaningful
-      finite-difference Hessian product. The seed is a function of the iteration, so a resumed run draws
-      what the uninterrupted run drew, whatever else (data loader start-up) used the global RNG meanwhile;
-      the global RNG stream is left untouched.
-    * The detection group alone is evaluated on the source batch only (the target batch has no labels and
-      contributes nothing to it).
+class MetaAlignSimpleTrainer(SimpleTrainer):
+    """SimpleTrainer over a paired loader whose gradient is the MetaAlign meta-gradient (or the joint one).
 
     Attributes:
-        logged: the first value seen of every loss in this step (detached), for metrics.
-        metrics: ``da/*`` discriminator accuracies of the first forward with a target batch (detached 0-d
-            tensors, see ``DomainAdaptiveRCNN.last_alignment_metrics``); empty without alignment.
+        max_weight_norm_growth: an update that makes the 2-norm of the trainable weights more than this many
+            times larger is divergence (healthy SGD steps change it by well under 1%); ``None`` disables the
+            growth test (non-finite weights still stop training).
     """
 
-    def __init__(self, model, source, target, autocast_ctx=contextlib.nullcontext, seed=0):
-        self.model, self.source, self.target = model, source, target
-        self.autocast_ctx = autocast_ctx
-        self.split = getattr(model, "split_losses", None)
-        self._cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        self.seed = int(seed)
-        self._memo = None
-        self.logged: Dict[str, torch.Tensor] = {}
-        self.metrics: Dict[str, torch.Tensor] = {}
-
-    def _forward(self, p, with_target):
-        devices = list(range(torch.cuda.device_count())) if self._cuda else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)  # all devices
-            with self.autocast_ctx():
-                if self.split is None:  # plain GeneralizedRCNN: source-only detection
-                    out = torch.func.functional_call(self.model, p, (self.source,))
-                    det, align = out, {}
-                else:
-                    tgt = self.target if with_target else None
-                    out = torch.func.functional_call(self.model, p, (self.source, tgt))
-                    det, align = self.split(out)
-        for k, v in {**det, **align}.items():
-            self.logged.setdefault(k, v.detach())
-        if with_target:
-            # discriminator accuracies of the first forward with a target batch in this step
-            for k, v in getattr(self.model, "last_alignment_metrics", {}).items():
-                self.metrics.setdefault(f"da/{k}", v)
-        return det, align
-
-    def _get(self, p, part):
-        memo = self._memo
-        if memo is not None and memo["p"] is p and part not in memo["taken"]:
-            memo["taken"].add(part)
-            return memo[part]
-        det, align = self._forward(p, with_target=(part == "align"))
-        self._memo = {"p": p, "det": det, "align": align, "taken": {part}}
-        return self._memo[part]
-
-    @staticmethod
-    def _total(losses, like):
-        if not losses:
-            return torch.zeros((), device=like.device)
-        # half-precision losses (autocast) are summed in fp32; fp32/fp64 ones keep their dtype
-        return sum(v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for v in losses.values())
-
-    def align_loss(self, p):
-        ref = next(iter(p.values()))
-        return self._total(self._get(p, "align"), ref)
-
-    def det_loss(self, p):
-        ref = next(iter(p.values()))
-        return self._total(self._get(p, "det"), ref)
-
-
-class MetaAlignSimpleTrainer(SimpleTrainer):
-    """SimpleTrainer over a paired loader whose gradient is the MetaAlign meta-gradient (or the joint one)."""
+    max_weight_norm_growth: Optional[float] = 10.0
 
     def __init__(self, model, data_loader, optimizer, options: Optional[MetaAlignStepOptions] = None,
                  seed: Optional[int] = None):
-        # Explicit: in the AMP subclass the MRO's next class is AMPTrainer, whose __init__ builds a CUDA-only
-        # GradScaler; MetaAlignAMPTrainer builds its own.
-        SimpleTrainer.__init__(self, model, data_loader, optimizer)
+        # Not super(): in the AMP subclass the MRO's next class is AMPTrainer (see compat.init_step_trainer);
+        # MetaAlignAMPTrainer builds its own GradScaler.
+        compat.init_step_trainer(self, model, data_loader, optimizer)
         self.options = options or MetaAlignStepOptions()
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # Every trainable parameter gets a gradient; META.PARAMS only restricts which ones take the inner
@@ -229,6 +169,32 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def optimizer_step(self):
         self.optimizer.step()
 
+    def weight_norm(self) -> float:
+        """2-norm of all trainable weights, accumulated in float64 (no overflow for any finite fp32 weight:
+        finite exactly when every weight is finite)."""
+        tensors = [p.detach() for p in self.params.values() if p.numel()]
+        if not tensors:
+            return 0.0
+        norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
+        return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+    def check_update(self, norm_before: float, norm_after: float):
+        """Stop (before this iteration's checkpoint hook runs) when the update diverged: non-finite weights,
+        or a norm that one step multiplied by more than ``max_weight_norm_growth``."""
+        growth = self.max_weight_norm_growth
+        if math.isfinite(norm_after) and not (growth and norm_before > 0 and norm_after > growth * norm_before):
+            return
+        if math.isfinite(norm_after):
+            what = (f"one update grew the trainable weights' norm from {norm_before:.4g} to {norm_after:.4g} "
+                    f"(more than {growth:g}x)")
+        else:
+            what = "the update made the weights non-finite"
+        raise FloatingPointError(
+            f"training diverged at iteration {self.iter}: {what} at lr {self.current_lr():.4g} "
+            f"(META.MODE={self.options.mode}); stopped before any checkpoint of these weights was written, the "
+            f"last checkpoint is intact. Lower SOLVER.BASE_LR (in the meta modes also META.INNER_LR_SCALE)."
+        )
+
     def write_step_metrics(self, losses, stats, data_time):
         """Like SimpleTrainer.write_metrics (one gather), plus the meta/* series."""
         metrics = {k: float(v) for k, v in losses.items()}
@@ -265,7 +231,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def run_step(self):
         assert self.model.training, "[MetaAlignTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        source, target = next(self._data_loader_iter)
+        source, target = compat.next_batch(self)
         data_time = time.perf_counter() - start
         grads, stats, losses = self.compute_gradients(source, target)
         stats["inner_lr"] = self.options.inner_lr_scale * self.current_lr()
@@ -274,7 +240,11 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         self.assign_gradients(grads, stats)
         self.check_finite(stats, losses)
         self.write_step_metrics(losses, stats, data_time)
+        norm_before = self.weight_norm()
         self.optimizer_step()
+        # The checkpoint hook saves the weights of this update right after run_step: a diverging update
+        # (finite gradients, too large a step) must stop here. Identical on every process (same weights).
+        self.check_update(norm_before, self.weight_norm())
 
     # -- checkpointed state: RNG streams, so that kill-and-resume reproduces the uninterrupted run ------
     def state_dict(self):

@@ -1,24 +1,44 @@
 """``MetaAlignTrainer``: detectron2's DefaultTrainer with a paired (source, target) loader, the MetaAlign
 step (every META.MODE, ``none`` = joint DA), data-parallel gradient averaging without DDP
 (see :mod:`metaalign_det.engine.distributed`), atomic checkpoints and resumable data streams.
-Hooks, LR schedule, optimizer, gradient clipping and evaluation are detectron2's."""
+Hooks, LR schedule, optimizer, gradient clipping and evaluation are detectron2's.
+
+Inputs that would only fail later (at the first evaluation, after the whole schedule, or with a traceback)
+are checked before the first iteration, each as one error naming the key: :func:`check_device`,
+:func:`check_step_config`, :func:`check_eval_config` (at construction) and :func:`check_model_weights`
+(in ``resume_or_load``, when MODEL.WEIGHTS is what gets loaded)."""
 import logging
+import os
 import weakref
 
+import torch
+from detectron2.data import DatasetCatalog
 from detectron2.engine import DefaultTrainer, TrainerBase, hooks
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
 
+from .. import compat
 from ..data.augmentation import build_target_view_mapper
 from ..data.paired_loader import build_paired_train_loader
+from ..evaluation import build_evaluator
+from ..evaluation.ap import METRICS
 from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import broadcast_module_
 from .printer import TrainingMetricPrinter
+from .setup import FILE_ONLY
 from .teacher import build_teacher_step_trainer, check_teacher_config, uses_teacher_step
 from .train_loop import MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
 
-__all__ = ["MetaAlignTrainer", "build_step_trainer"]
+__all__ = [
+    "MetaAlignTrainer",
+    "build_step_trainer",
+    "check_device",
+    "check_step_config",
+    "check_eval_config",
+    "check_model_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +70,78 @@ def check_step_config(cfg):
     check_teacher_config(cfg)  # MODEL.EMA / TEACHER / INPUT.STRONG_AUG
 
 
+def _one_line(e):
+    return " ".join(str(e).split())
+
+
+def check_device(cfg):
+    """MODEL.DEVICE must name a device this machine has (the shipped full-size configs say 'cuda')."""
+    name = cfg.MODEL.DEVICE
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"MODEL.DEVICE {name!r} is not a torch device: expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"MODEL.DEVICE is {name!r} but this machine has no usable CUDA device: add `MODEL.DEVICE cpu` "
+                f"to the command line (or use a configs/quick_schedules config, made for CPUs)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"MODEL.DEVICE is {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+
+
+def check_eval_config(cfg):
+    """TEST.AP_METRIC / TEST.AP_IOU are valid and every DATASETS.TEST name is registered and loads.
+
+    Loading each test set here (their loaders read annotation caches and check that the files exist) makes
+    a missing split fail now instead of at the first evaluation (TEST.EVAL_PERIOD) or after the schedule.
+    """
+    metric = cfg.TEST.get("AP_METRIC", "coco101")
+    if metric not in METRICS:
+        raise ValueError(f"TEST.AP_METRIC must be one of {', '.join(METRICS)}, got {metric!r}")
+    iou = cfg.TEST.get("AP_IOU", 0.5)
+    if not 0.0 < float(iou) <= 1.0:
+        raise ValueError(f"TEST.AP_IOU must be in (0, 1], got {iou}")
+    names = list(cfg.DATASETS.TEST)
+    registered = set(DatasetCatalog.list())
+    for name in names:
+        if name not in registered:
+            close = sorted(r for r in registered if r.split("_")[0] == str(name).split("_")[0])[:8]
+            hint = f" (similar registered names: {', '.join(close)})" if close else ""
+            raise ValueError(f"DATASETS.TEST: dataset '{name}' is not registered{hint}")
+    for name in names:
+        try:
+            dicts = DatasetCatalog.get(name)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"DATASETS.TEST: dataset '{name}' is registered but its files are missing: "
+                                    f"{_one_line(e)}") from None
+        except (ValueError, KeyError, OSError) as e:
+            raise ValueError(f"DATASETS.TEST: dataset '{name}' cannot be loaded: {_one_line(e)}") from None
+        if not dicts:
+            raise ValueError(f"DATASETS.TEST: dataset '{name}' has no images")
+
+
+def check_model_weights(path, key="MODEL.WEIGHTS"):
+    """A local weights file must exist and be readable; "" (random init) and URLs (``detectron2://``,
+    ``https://``: fetched by detectron2 when loaded) pass. A file that exists but is not a checkpoint is
+    reported when it is loaded (:class:`AtomicDetectionCheckpointer`)."""
+    if not path or "://" in path:
+        return
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{key} {path}: no such file (expected a .pth/.pkl checkpoint, or \"\" for "
+                                f"random initialisation)")
+    if not os.path.isfile(path):
+        raise ValueError(f"{key} {path}: is a directory, expected a .pth/.pkl checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise ValueError(f"{key} {path}: cannot be read ({e.strerror or e})") from None
+
+
 class MetaAlignTrainer(DefaultTrainer):
     """DefaultTrainer whose step trains on (source, target) pairs with the MetaAlign / joint DA gradient."""
 
@@ -59,7 +151,9 @@ class MetaAlignTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        check_device(cfg)
         check_step_config(cfg)
+        check_eval_config(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         broadcast_module_(model)
@@ -76,14 +170,30 @@ class MetaAlignTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's ``build_model``; the module tree goes to log.txt only, the console gets one line."""
+        model = build_model(cfg)
+        log = logging.getLogger(__name__)
+        log.info("Model:\n%s", model, extra=FILE_ONLY)
+        n = sum(p.numel() for p in model.parameters())
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("Model: %s, %.2fM parameters (%.2fM trainable); its structure is in log.txt",
+                 type(model).__name__, n / 1e6, n_train / 1e6)
+        return model
+
     def build_hooks(self):
-        ret = super().build_hooks()
-        for h in ret:
-            if isinstance(h, hooks.PeriodicWriter):
-                h._period = self.cfg.SOLVER.LOG_PERIOD  # detectron2 fixes it at 20
-            if isinstance(h, hooks.EvalHook) and getattr(self._trainer, "ema", None) is not None:
-                h._func = self._test_ema  # teacher-student: evaluate the EMA (the teacher), not the student
-        return ret
+        """detectron2's hooks, with the PeriodicWriter at SOLVER.LOG_PERIOD (detectron2 fixes it at 20); with an
+        EMA (teacher-student) the EvalHook evaluates the EMA -- the teacher -- instead of the student."""
+        self._event_writers = None
+        ret = super().build_hooks()  # calls build_writers() once (main process)
+        if getattr(self._trainer, "ema", None) is not None:
+            ret = [hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_ema) if isinstance(h, hooks.EvalHook) else h
+                   for h in ret]
+        if self._event_writers is None:
+            return ret
+        return [hooks.PeriodicWriter(self._event_writers, period=self.cfg.SOLVER.LOG_PERIOD)
+                if isinstance(h, hooks.PeriodicWriter) else h for h in ret]
 
     def _test_ema(self):
         self._last_eval_results = self.test(self.cfg, self._trainer.ema.model)
@@ -92,8 +202,9 @@ class MetaAlignTrainer(DefaultTrainer):
     def build_writers(self):
         """detectron2's writers (metrics.json, TensorBoard) with our console line in place of
         CommonMetricPrinter: it adds ``meta/grad_cos`` and the discriminators' ``da/*`` accuracies."""
-        return [TrainingMetricPrinter(self.max_iter) if isinstance(w, CommonMetricPrinter) else w
-                for w in super().build_writers()]
+        self._event_writers = [TrainingMetricPrinter(self.max_iter) if isinstance(w, CommonMetricPrinter) else w
+                         for w in super().build_writers()]
+        return self._event_writers
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter=0, seeds=None):
@@ -102,20 +213,21 @@ class MetaAlignTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from ..evaluation import build_evaluator
-
         return build_evaluator(cfg, dataset_name, output_folder)
 
     def resume_or_load(self, resume=True):
+        if not (resume and self.checkpointer.has_checkpoint()):  # MODEL.WEIGHTS is what gets loaded
+            check_model_weights(self.cfg.MODEL.WEIGHTS)
         super().resume_or_load(resume=resume)
         ema = getattr(self._trainer, "ema", None)
         if ema is not None and not ema.restored:  # teacher-student: no "ema" in the checkpoint: start from
             ema.copy_from(self.model)              # the loaded weights (MODEL.WEIGHTS or the resumed model)
         if self.start_iter > 0:
             # Continue the data streams where the checkpointed run stopped, not from their beginning.
-            loader = self.build_train_loader(self.cfg, start_iter=self.start_iter, seeds=self._data_seeds)
-            self._trainer.data_loader = loader
-            self._trainer._data_loader_iter = iter(loader)
+            start, seeds = self.start_iter, self._data_seeds
+            compat.reset_data_loader(
+                self._trainer, lambda: self.build_train_loader(self.cfg, start_iter=start, seeds=seeds)
+            )
             logger.info("Resumed at iteration %d; data streams skip what was consumed", self.start_iter)
 
     # detectron2 v0.6's DefaultTrainer checkpoints only the iteration and the hooks: no optimizer state
@@ -123,13 +235,14 @@ class MetaAlignTrainer(DefaultTrainer):
     # step seed, RNG) and the data-stream seeds, so a resumed run continues the uninterrupted one.
     def state_dict(self):
         ret = super().state_dict()
-        ret.setdefault("_trainer", self._trainer.state_dict())
+        if not compat.default_trainer_checkpoints_step_trainer():  # v0.6
+            ret["_trainer"] = self._trainer.state_dict()
         ret["data_seeds"] = dict(self._data_seeds)
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        if "_trainer" in state_dict and "load_state_dict" not in DefaultTrainer.__dict__:  # v0.6
+        if "_trainer" in state_dict and not compat.default_trainer_checkpoints_step_trainer():  # v0.6
             self._trainer.load_state_dict(state_dict["_trainer"])
         if "data_seeds" in state_dict:
             self._data_seeds = dict(state_dict["data_seeds"])

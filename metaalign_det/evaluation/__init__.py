@@ -7,6 +7,10 @@ Public API:
     pycocotools_ap                       -- pycocotools on the same tensors (AP@[.5:.95], cross-check)
     check_weights_fit, load_checked_weights, WeightsMismatchError -- does a checkpoint fit a model?
 """
+from .. import compat
+
+compat.apply()  # before any detectron2 import; without detectron2: ImportError saying how to get it
+
 from .ap import METRICS, APResult, compute_ap
 from .coco_reference import pycocotools_ap
 from .evaluator import DetectionAPEvaluator, build_evaluator

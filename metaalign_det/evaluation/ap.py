@@ -31,14 +31,12 @@ rounds of the greedy ``coco101`` matching, each of which settles every detection
 change (at least the best unsettled detection of every image and class) across all images and classes at once.
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["METRICS", "APResult", "compute_ap", "default_max_dets"]
-
-METRICS = ("coco101", "voc07", "voc12")
+__all__ = ["METRICS", "METRIC_SPECS", "MetricSpec", "APResult", "compute_ap", "default_max_dets"]
 
 # pycocotools' recall thresholds, built the same way so the float64 values are bit-identical.
 _COCO_REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -51,11 +49,6 @@ _PAIR_CHUNK = 1 << 23
 _DENSE_CHUNK = 1 << 24
 
 _DET_STATE_FP, _DET_STATE_TP, _DET_STATE_IGNORED = 0, 1, 2
-
-
-def default_max_dets(metric: str) -> Optional[int]:
-    """pycocotools' maxDets (100 per image and class) for ``coco101``; no cut for the VOC rule."""
-    return 100 if metric == "coco101" else None
 
 
 @dataclass
@@ -195,8 +188,10 @@ def _match_greedy_coco(num_dets, p_det, p_gt, p_iou, g_ignored, g_crowd):
     return state
 
 
-def _match_voc(num_dets, p_det, p_gt, p_iou, g_ignored):
+def _match_voc(num_dets, p_det, p_gt, p_iou, g_ignored, g_crowd=None):
     """The VOC devkit rule; returns the state of every detection [D] (FP / TP / IGNORED).
+
+    ``g_crowd`` is not needed: a crowd GT is an ignored GT here (its crowd IoU is in ``p_iou`` already).
 
     Each detection's best GT does not depend on other detections, so this is one pass of segment ops:
     best GT per detection, then the first (best-ranked) detection per non-ignored GT is the true positive.
@@ -220,11 +215,11 @@ def _match_voc(num_dets, p_det, p_gt, p_iou, g_ignored):
     return state
 
 
-def _ap_from_sorted(tp_sorted, cls_sorted, num_gt, metric):
+def _ap_from_sorted(tp_sorted, cls_sorted, num_gt, spec):
     """AP per class from detections sorted by (class, score desc, image, position).
 
     tp_sorted [K] bool (dropped detections already removed), cls_sorted [K] int64, num_gt [C] int64.
-    Returns ap [C], recall [C] float64 (nan where num_gt == 0).
+    ``spec``: the metric's :class:`MetricSpec`. Returns ap [C], recall [C] float64 (nan where num_gt == 0).
     """
     dev = tp_sorted.device
     C = num_gt.numel()
@@ -233,12 +228,7 @@ def _ap_from_sorted(tp_sorted, cls_sorted, num_gt, metric):
     recall = torch.zeros(C, dtype=f64, device=dev)
     counts = torch.bincount(cls_sorted, minlength=C)
     col = torch.arange(cls_sorted.numel(), device=dev) - _segment_starts(cls_sorted)
-    if metric == "coco101":
-        thrs = torch.as_tensor(_COCO_REC_THRS, dtype=f64, device=dev)
-    elif metric == "voc07":
-        thrs = torch.as_tensor(_VOC07_REC_THRS, dtype=f64, device=dev)
-    else:
-        thrs = None
+    thrs = None if spec.recall_points is None else torch.as_tensor(spec.recall_points, dtype=f64, device=dev)
     # chunk classes so that (classes in chunk) x (max detections of a class in it) stays bounded
     counts_cpu = counts.cpu().tolist()
     c0 = 0
@@ -258,10 +248,7 @@ def _ap_from_sorted(tp_sorted, cls_sorted, num_gt, metric):
         fpc = torch.cumsum(valid.to(f64) - tp, 1)
         npos = num_gt[c0:c1].to(f64)[:, None]
         rc = tpc / npos
-        if metric == "coco101":
-            pr = tpc / (fpc + tpc + np.spacing(1))  # pycocotools' expression, same evaluation order
-        else:
-            pr = tpc / torch.clamp(tpc + fpc, min=np.finfo(np.float64).eps)  # the VOC devkit's
+        pr = spec.precision(tpc, fpc)
         pr = torch.where(valid, pr, torch.zeros_like(pr))
         rc = torch.where(valid, rc, torch.full_like(rc, float("inf")))
         env = torch.flip(torch.cummax(torch.flip(pr, [1]), 1).values, [1])  # monotone precision envelope
@@ -271,7 +258,7 @@ def _ap_from_sorted(tp_sorted, cls_sorted, num_gt, metric):
             q = torch.gather(env, 1, idx.clamp(max=width - 1))
             q = torch.where(idx < n_c[:, None], q, torch.zeros_like(q))
             ap[c0:c1] = q.sum(1) / thrs.numel()
-        else:  # voc12: area under the envelope, summed over the recall steps
+        else:  # no recall points (voc12): area under the envelope, summed over the recall steps
             prev = torch.cat([torch.zeros(k, 1, dtype=f64, device=dev), rc[:, :-1]], 1)
             step = torch.where(valid, rc - prev, torch.zeros_like(rc))
             ap[c0:c1] = (step * env).sum(1)
@@ -282,6 +269,68 @@ def _ap_from_sorted(tp_sorted, cls_sorted, num_gt, metric):
     ap[no_gt] = float("nan")
     recall[no_gt] = float("nan")
     return ap, recall
+
+
+def _precision_coco(tpc, fpc):
+    return tpc / (fpc + tpc + np.spacing(1))  # pycocotools' expression, same evaluation order
+
+
+def _precision_voc(tpc, fpc):
+    return tpc / torch.clamp(tpc + fpc, min=np.finfo(np.float64).eps)  # the VOC devkit's
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One AP convention: how detections are matched, and how the precision-recall curve becomes AP.
+
+    max_dets:        default cut of detections per image and class (None: no cut).
+    strict_iou:      a match needs IoU > threshold (VOC devkit) instead of IoU >= threshold (pycocotools).
+    max_iou:         the threshold is capped at this value (pycocotools caps it at 1 - 1e-10).
+    match:           ``(num_dets, p_det, p_gt, p_iou, g_ignored, g_crowd) -> state [D]`` (FP / TP / IGNORED).
+    precision:       ``(tp cumsum, fp cumsum) -> precision``, both [k, width] float64.
+    recall_points:   AP = mean of the precision envelope at these recalls; None = area under the envelope.
+    is_coco_ap50:    at IoU 0.5 this is what pycocotools reports as AP50 (the evaluator cross-checks it).
+    protocol:        one sentence for reports; ``{iou}`` and ``{max_dets}`` are filled in.
+    """
+
+    max_dets: Optional[int]
+    strict_iou: bool
+    max_iou: float
+    match: Callable
+    precision: Callable
+    recall_points: Optional[np.ndarray]
+    is_coco_ap50: bool
+    protocol: str
+
+
+_VOC_RULE = ("VOC devkit rule: each detection takes its highest-IoU GT, IoU > {iou:.2f}, duplicates are false "
+             "positives, ")
+
+# metric name -> its convention (the module docstring describes them); the only place a metric is defined
+METRIC_SPECS = {
+    "coco101": MetricSpec(
+        max_dets=100, strict_iou=False, max_iou=1 - 1e-10, match=_match_greedy_coco, precision=_precision_coco,
+        recall_points=_COCO_REC_THRS, is_coco_ap50=True,
+        protocol="pycocotools rule: greedy matching, IoU >= {iou:.2f}, max {max_dets} detections per image and "
+        "class, 101-point interpolated precision",
+    ),
+    "voc07": MetricSpec(
+        max_dets=None, strict_iou=True, max_iou=1.0, match=_match_voc, precision=_precision_voc,
+        recall_points=_VOC07_REC_THRS, is_coco_ap50=False,
+        protocol=_VOC_RULE + "11-point interpolated precision (VOC2007)",
+    ),
+    "voc12": MetricSpec(
+        max_dets=None, strict_iou=True, max_iou=1.0, match=_match_voc, precision=_precision_voc,
+        recall_points=None, is_coco_ap50=False,
+        protocol=_VOC_RULE + "area under the interpolated precision-recall curve (VOC2010+)",
+    ),
+}
+METRICS = tuple(METRIC_SPECS)
+
+
+def default_max_dets(metric: str) -> Optional[int]:
+    """pycocotools' maxDets (100 per image and class) for ``coco101``; no cut for the VOC rule."""
+    return METRIC_SPECS[metric].max_dets
 
 
 def _check_inputs(name, tensors, n, shapes):
@@ -331,12 +380,13 @@ def compute_ap(
                      None: no cut).
     All tensors must be on one device; the work runs there. Returns an :class:`APResult` (CPU tensors).
     """
-    if metric not in METRICS:
+    if metric not in METRIC_SPECS:
         raise ValueError(f"compute_ap: metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    spec = METRIC_SPECS[metric]
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise ValueError(f"compute_ap: iou_threshold must be in (0, 1], got {iou_threshold}")
     if max_dets == -1:
-        max_dets = default_max_dets(metric)
+        max_dets = spec.max_dets
     N, M = det_boxes.shape[0], gt_boxes.shape[0]
     shapes = {"boxes": "box", "scores": "vec", "classes": "vec", "images": "vec", "crowd": "vec", "difficult": "vec"}
     _check_inputs("det", dict(boxes=det_boxes, scores=det_scores, classes=det_classes, images=det_images), N, shapes)
@@ -382,14 +432,9 @@ def compute_ap(
     g_crowd, g_ignored = gt_crowd[g_order], gt_ignored[g_order]
 
     D = order.numel()
-    if metric == "coco101":
-        thr = min(float(iou_threshold), 1 - 1e-10)  # pycocotools caps it the same way
-        p_det, p_gt, p_iou = _candidate_pairs(d_box, det_group, g_box, g_group, g_crowd, thr, strict=False)
-        state = _match_greedy_coco(D, p_det, p_gt, p_iou, g_ignored, g_crowd)
-    else:
-        thr = float(iou_threshold)
-        p_det, p_gt, p_iou = _candidate_pairs(d_box, det_group, g_box, g_group, g_crowd, thr, strict=True)
-        state = _match_voc(D, p_det, p_gt, p_iou, g_ignored)
+    thr = min(float(iou_threshold), spec.max_iou)
+    p_det, p_gt, p_iou = _candidate_pairs(d_box, det_group, g_box, g_group, g_crowd, thr, strict=spec.strict_iou)
+    state = spec.match(D, p_det, p_gt, p_iou, g_ignored, g_crowd)
 
     # precision/recall per class: rank kept detections by (class, score desc, image, position)
     kept_cls = det_classes[order]
@@ -399,7 +444,7 @@ def compute_ap(
     tie_key = det_images[idx] * (N + 1) + idx
     o = _lexsort(det_classes[idx], -det_scores[idx].to(f64), tie_key)
     tp_sorted = (state[scored] == _DET_STATE_TP)[o]
-    ap, recall = _ap_from_sorted(tp_sorted, det_classes[idx][o], num_gt, metric)
+    ap, recall = _ap_from_sorted(tp_sorted, det_classes[idx][o], num_gt, spec)
     return APResult(
         ap=ap.cpu(),
         recall=recall.cpu(),

@@ -17,10 +17,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from .ap import METRICS, APResult, compute_ap
+from ..utils.io import atomic_write_json
+from .ap import METRIC_SPECS, METRICS, APResult, compute_ap
 from .gather import gather_tensors
 from .ground_truth import evaluation_order, ground_truth_tensors, image_key
-from .io import atomic_write_json
 from .table import ap_key, format_ap_table, protocol_text
 
 __all__ = ["DetectionAPEvaluator", "build_evaluator"]
@@ -243,7 +243,7 @@ class DetectionAPEvaluator(DatasetEvaluator):
             bbox[f"AP-{name}"] = float(ref["per_class_AP"][c])
         report["coco"] = {k: ref[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
         report["coco"]["per_class_AP"] = {n: float(ref["per_class_AP"][c]) for c, n in enumerate(self.class_names)}
-        if self.metric == "coco101" and abs(self.iou - 0.5) < 1e-12:
+        if METRIC_SPECS[self.metric].is_coco_ap50 and abs(self.iou - 0.5) < 1e-12:
             ours = np.array([c["ap"] for c in report["classes"]], dtype=np.float64)
             theirs = ref["per_class_AP50"]
             agree = np.array_equal(np.isnan(ours), np.isnan(theirs)) and np.nanmax(

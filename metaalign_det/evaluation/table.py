@@ -5,17 +5,9 @@ from typing import Dict, List
 
 from tabulate import tabulate
 
+from .ap import METRIC_SPECS
+
 __all__ = ["ap_key", "ap_table_title", "format_ap_table", "protocol_text"]
-
-_METRIC_TEXT = {
-    "coco101": "pycocotools rule: greedy matching, IoU >= {iou:.2f}, max {max_dets} detections per image and "
-    "class, 101-point interpolated precision",
-    "voc07": "VOC devkit rule: each detection takes its highest-IoU GT, IoU > {iou:.2f}, duplicates are false "
-    "positives, 11-point interpolated precision (VOC2007)",
-    "voc12": "VOC devkit rule: each detection takes its highest-IoU GT, IoU > {iou:.2f}, duplicates are false "
-    "positives, area under the interpolated precision-recall curve (VOC2010+)",
-}
-
 
 def ap_key(iou: float) -> str:
     """Result key of AP at one IoU: 0.5 -> "AP50", 0.75 -> "AP75" (detectron2's naming)."""
@@ -30,7 +22,7 @@ def ap_table_title(metric: str, iou: float, dataset_name: str, num_classes: int)
 
 def protocol_text(metric: str, iou: float, max_dets) -> str:
     """One sentence stating how the AP was computed (goes into reports next to the numbers)."""
-    text = _METRIC_TEXT[metric].format(iou=float(iou), max_dets=max_dets)
+    text = METRIC_SPECS[metric].protocol.format(iou=float(iou), max_dets=max_dets)
     return (
         f"{text}; crowd and difficult GT ignored (never misses; detections on them dropped); boxes XYXY in "
         f"absolute pixels, IoU without the VOC +1; classes without GT are excluded from the mean"

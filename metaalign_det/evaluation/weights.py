@@ -40,7 +40,19 @@ def _read(model, path: str) -> Dict:
     try:
         return DetectionCheckpointer(model)._load_file(path)
     except Exception as e:  # corrupt / foreign file: one line, not a pickle traceback
-        raise WeightsMismatchError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from e
+        raise WeightsMismatchError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {_reason(e)})") \
+            from e
+
+
+def _reason(error: Exception) -> str:
+    """One line of ``error``: torch.load's weights_only refusal is a page of advice around the actual reason."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        tag = "WeightsUnpickler error:"
+        if tag in line:
+            rest = line.split(tag, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return f"torch.load(weights_only=True) refused it: {rest}"
+    return lines[0] if lines else ""
 
 
 def _compare(model, ckpt: Dict, path: str, allow_missing: bool) -> List[str]:

@@ -15,11 +15,12 @@ step and ``L_outer`` the one evaluated at ``theta'``; ``g1 = grad L_inner(theta)
 ``first``  g1 + g2  (official release: inner grad detached)     2: one per loss, no retained graph
 ``second`` g1 + (I - inner_lr * H_inner(theta)) g2  (exact)     2 + 2 for the Hessian-vector product
 
-This module imports nothing from detectron2 or from the rest of ``metaalign_det`` so that it can be
-tested, and reused, on plain torch. The loss callables receive dicts ``name -> tensor``; in the trainer
-they wrap ``torch.func.functional_call`` on the detector.
+The package ``metaalign_det.meta`` (this module, :mod:`.hvp` for the Hessian-vector products,
+:mod:`.grad_stats` for the gradient statistics, :mod:`.autodiff` for the loss-gradient helpers) imports
+nothing from detectron2 or from the rest of ``metaalign_det`` so that it can be tested, and reused, on plain
+torch. The loss callables receive dicts ``name -> tensor``; in the trainer they wrap
+``torch.func.functional_call`` on the detector.
 """
-import logging
 import math
 import numbers
 import re
@@ -28,16 +29,17 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 import torch
 
+from .autodiff import LossFn, _eval_loss, _grad, _zeros_for_unused
+from .grad_stats import _acc, _all_finite, _cos_terms, _finish_stats, _sum64
+from .hvp import HVP_MODES, _hvp
+
 __all__ = [
     "meta_align_grads",
     "select_params",
     "resolve_direction",
     "ORDERS",
     "DIRECTIONS",
-    "HVP_MODES",
 ]
-
-logger = logging.getLogger(__name__)
 
 ORDERS = ("none", "first", "second")
 # DESIGN.md names the modes "first_order"/"second_order"; accept those spellings so config values pass
@@ -45,39 +47,8 @@ ORDERS = ("none", "first", "second")
 _ORDER_ALIASES = {"first_order": "first", "second_order": "second"}
 DIRECTIONS = ("align_first", "det_first")
 _DIRECTION_CHOICES = DIRECTIONS + ("alternate",)
-HVP_MODES = ("auto", "double_backward", "finite_difference")
-
-# Lower bound for ||v|| in the finite-difference step size (only guards the division; v == 0 is
-# short-cut to H v = 0 before it is used).
-_TINY = 1e-30
-
-# Substrings (lower-case) of RuntimeErrors that mean "this graph cannot be differentiated twice".
-# torchvision roi_align: "double backwards on roi_align not supported"; @once_differentiable:
-# "trying to differentiate twice ..."; aten ops without a double-backward formula: "the derivative for
-# '...' is not implemented"; a gradient with no graph: "... does not require grad ...".
-_DOUBLE_BACKWARD_ERROR_PATTERNS = (
-    "double backward",
-    "differentiate twice",
-    "not implemented",
-    "not supported",
-    "does not require grad",
-    "does not have a grad_fn",
-)
-
-# Autograd node types (``type(grad_fn).__name__``) that raise only when *executed*. torch.autograd.grad
-# with ``inputs=`` prunes nodes that have no path to the inputs, and the DelayedError node that
-# @once_differentiable attaches has none, so its term would be dropped silently (checked on torch 2.14:
-# the HVP comes out wrong, no error). The double-backward path therefore looks for them first.
-_ERROR_NODE_NAMES = frozenset({"Error", "DelayedError", "NotImplemented"})
-
-_fallback_logged = False
 
 GradHook = Callable[[List[torch.Tensor]], None]
-LossFn = Callable[[Dict[str, torch.Tensor]], torch.Tensor]
-
-
-class _DoubleBackwardUnavailable(RuntimeError):
-    """The inner loss's graph cannot give an exact Hessian-vector product by double backward."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -370,37 +341,6 @@ def _real(x, name: str) -> float:
     return float(x)
 
 
-def _eval_loss(fn: LossFn, p: Dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    """Call a loss callable and check it returned a floating-point scalar; returns a 0-d tensor."""
-    loss = fn(p)
-    if not isinstance(loss, torch.Tensor):
-        raise ValueError(f"{name} must return a scalar tensor, got {type(loss).__name__}")
-    if loss.numel() != 1:
-        raise ValueError(f"{name} must return a scalar tensor, got shape {tuple(loss.shape)}")
-    if not loss.is_floating_point():
-        raise ValueError(f"{name} must return a floating-point scalar, got dtype {loss.dtype}")
-    return loss.reshape(())
-
-
-def _grad(loss: torch.Tensor, leaves: List[torch.Tensor], scale: float, create_graph: bool = False,
-          retain_graph: Optional[bool] = None) -> List[Optional[torch.Tensor]]:
-    """Unscaled ``d(scale * loss) / d leaves``; None for a leaf the loss does not touch."""
-    if not loss.requires_grad:  # the loss does not depend on any leaf (e.g. no target instances)
-        return [None] * len(leaves)
-    scaled = loss * scale if scale != 1.0 else loss
-    grads = torch.autograd.grad(scaled, leaves, allow_unused=True, create_graph=create_graph,
-                                retain_graph=retain_graph)
-    if scale == 1.0:
-        return list(grads)
-    if create_graph:
-        return [None if g is None else g / scale for g in grads]
-    return [None if g is None else g.div_(scale) for g in grads]
-
-
-def _zeros_for_unused(grads: List[Optional[torch.Tensor]], like: List[torch.Tensor]) -> List[torch.Tensor]:
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
-
-
 def _call_hook(hook: Optional[GradHook], grads: List[torch.Tensor], name: str) -> None:
     if hook is None:
         return
@@ -409,68 +349,6 @@ def _call_hook(hook: Optional[GradHook], grads: List[torch.Tensor], name: str) -
     if out is not None:
         raise ValueError(f"{name} must modify the gradient list in place and return None, "
                          f"got {type(out).__name__}")
-
-
-def _all_finite(tensors: List[torch.Tensor]) -> bool:
-    """One host sync for the whole list."""
-    flags = [torch.isfinite(t).all().to(tensors[0].device) for t in tensors]
-    return bool(torch.stack(flags).all().item())
-
-
-def _acc(t: torch.Tensor) -> torch.Tensor:
-    """View of ``t`` in a dtype fit for accumulating norms/dots (fp16/bf16 -> fp32), flattened."""
-    t = t.detach().reshape(-1)
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def _sum64(terms: List[torch.Tensor], device) -> torch.Tensor:
-    if not terms:
-        return torch.zeros((), dtype=torch.float64, device=device)
-    return torch.stack([x.to(device=device, dtype=torch.float64) for x in terms]).sum()
-
-
-def _cos_terms(g_align, g_det, t_align, t_det) -> Dict[str, torch.Tensor]:
-    """0-d float64 tensors: <a,d>, ||a||^2, ||d||^2 over shared params, and the full squared norms."""
-    dev = g_align[0].device
-    shared = [i for i in range(len(g_align)) if t_align[i] and t_det[i]]
-    # one squared norm per parameter, summed over both index sets (not recomputed for the shared subset)
-    sq_a = [torch.dot(_acc(g), _acc(g)) for g in g_align]
-    sq_d = [torch.dot(_acc(g), _acc(g)) for g in g_det]
-    return {
-        "dot": _sum64([torch.dot(_acc(g_align[i]), _acc(g_det[i])) for i in shared], dev),
-        "aa_shared": _sum64([sq_a[i] for i in shared], dev),
-        "dd_shared": _sum64([sq_d[i] for i in shared], dev),
-        "aa": _sum64(sq_a, dev),
-        "dd": _sum64(sq_d, dev),
-    }
-
-
-def _finish_stats(cos_terms, align_val, det_val, grads) -> dict:
-    """Read every scalar statistic with a single device->host copy."""
-    dev = grads[0].device
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=dev)
-    finite = torch.stack([torch.isfinite(g).all().to(dev) for g in grads]).all()
-    if cos_terms is None:
-        c = {k: nan for k in ("dot", "aa_shared", "dd_shared", "aa", "dd")}
-    else:
-        c = cos_terms
-    vals = torch.stack([
-        c["dot"], c["aa_shared"], c["dd_shared"], c["aa"], c["dd"],
-        align_val.detach().to(device=dev, dtype=torch.float64),
-        det_val.detach().to(device=dev, dtype=torch.float64),
-        finite.to(torch.float64),
-    ]).tolist()
-    dot, aa_s, dd_s, aa, dd, l_align, l_det, fin = vals
-    denom = math.sqrt(aa_s) * math.sqrt(dd_s) if aa_s == aa_s and dd_s == dd_s else float("nan")
-    cos = dot / denom if denom > 0 else float("nan")
-    return {
-        "grad_cos": cos,
-        "align_grad_norm": math.sqrt(aa) if aa == aa else float("nan"),
-        "det_grad_norm": math.sqrt(dd) if dd == dd else float("nan"),
-        "align_loss": l_align,
-        "det_loss": l_det,
-        "finite": bool(fin),
-    }
 
 
 def _non_finite_inner(names, g1, l_in, inner_name, inner_lr, order, direction):
@@ -511,109 +389,3 @@ def _joint_step(names, theta, align_loss, det_loss, inner_lr, loss_scale, comput
     stats = _finish_stats(cos_terms, l_align, l_det, total)
     stats.update(inner_lr=inner_lr, order="none", direction=None, hvp=None)
     return dict(zip(names, total)), stats
-
-
-def _global_norm(tensors: List[torch.Tensor]) -> float:
-    dev = tensors[0].device
-    return math.sqrt(_sum64([torch.dot(_acc(t), _acc(t)) for t in tensors], dev).item())
-
-
-def _hvp(inner_fn, inner_name, names, theta, v, mode, fd_eps, loss_scale):
-    """H_inner(theta) v as a list of tensors, and the method used."""
-    if mode in ("auto", "double_backward"):
-        try:
-            return _hvp_double_backward(inner_fn, inner_name, names, theta, v, loss_scale,
-                                        strict=mode == "auto"), "double_backward"
-        except RuntimeError as err:
-            oom = getattr(torch, "OutOfMemoryError", None)
-            if mode == "double_backward" or (oom is not None and isinstance(err, oom)) \
-                    or not _is_double_backward_error(err):
-                raise
-            _log_fallback_once(inner_name, err)
-    return _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_scale), \
-        "finite_difference"
-
-
-def _is_double_backward_error(err: RuntimeError) -> bool:
-    if isinstance(err, _DoubleBackwardUnavailable):
-        return True
-    msg = str(err).lower()
-    return any(p in msg for p in _DOUBLE_BACKWARD_ERROR_PATTERNS)
-
-
-def _log_fallback_once(inner_name: str, err: RuntimeError) -> None:
-    global _fallback_logged
-    if _fallback_logged:
-        return
-    _fallback_logged = True
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    logger.info("MetaAlign second order: %s cannot be differentiated twice (%s); using a central "
-                "finite-difference Hessian-vector product (2 extra forward/backward passes). Logged once.",
-                inner_name, first_line)
-
-
-def _graph_has_error_node(roots: List[torch.Tensor]) -> bool:
-    """True if the autograd graph behind ``roots`` holds a node that only raises when executed."""
-    seen = set()
-    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if type(node).__name__ in _ERROR_NODE_NAMES:
-            return True
-        stack.extend(fn for fn, _ in node.next_functions)
-    return False
-
-
-def _hvp_double_backward(inner_fn, inner_name, names, theta, v, loss_scale, strict):
-    """H v = d<grad L_inner(theta), v>/d theta: 1 forward + 1 create_graph backward + 1 double backward.
-
-    ``strict`` (hvp="auto"): an inner gradient with no graph at all is treated as "cannot tell" and
-    raises (so "auto" falls back to finite differences). Otherwise gradients without a graph are
-    constants in theta and contribute zero, which is exact for a loss linear in the params.
-    """
-    loss = _eval_loss(inner_fn, dict(zip(names, theta)), inner_name)
-    g = _grad(loss, theta, loss_scale, create_graph=True)
-    del loss
-    live = [(gi, vi) for gi, vi in zip(g, v) if gi is not None and gi.requires_grad]
-    if not live:
-        if strict:
-            raise _DoubleBackwardUnavailable(f"the gradient of {inner_name} does not require grad")
-        return [torch.zeros_like(t) for t in theta]
-    if _graph_has_error_node([gi for gi, _ in live]):
-        raise _DoubleBackwardUnavailable(
-            f"the graph of grad {inner_name} holds a node that cannot be differentiated twice (e.g. a "
-            "@once_differentiable function); torch.autograd.grad would silently drop its term")
-    dot = sum((gi * vi).sum() for gi, vi in live)
-    hv = torch.autograd.grad(dot, theta, allow_unused=True)
-    return _zeros_for_unused(list(hv), theta)
-
-
-def _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_scale):
-    """(grad L_inner(theta + eps v) - grad L_inner(theta - eps v)) / (2 eps): 2 forward + 2 backward.
-
-    eps = fd_eps * max(||theta||, 1) / ||v||, so the perturbation ||eps v|| is fd_eps relative to the
-    parameter norm (absolute fd_eps for tiny theta), whatever the scale of v.
-    """
-    v_norm = _global_norm(v)
-    if v_norm == 0.0:
-        return [torch.zeros_like(t) for t in theta]
-    eps = fd_eps * max(_global_norm(theta), 1.0) / max(v_norm, _TINY)
-    grads = []
-    for sign in (1.0, -1.0):
-        with torch.no_grad():
-            shifted = [(t + (sign * eps) * vi).requires_grad_(True) for t, vi in zip(theta, v)]
-        loss = _eval_loss(inner_fn, dict(zip(names, shifted)), inner_name)
-        grads.append(_grad(loss, shifted, loss_scale))
-        del loss, shifted
-    out = []
-    for t, gp, gm in zip(theta, grads[0], grads[1]):
-        if gp is None and gm is None:
-            out.append(torch.zeros_like(t))
-            continue
-        gp = torch.zeros_like(t) if gp is None else gp
-        gm = torch.zeros_like(t) if gm is None else gm
-        out.append(gp.sub_(gm).div_(2.0 * eps))
-    return out

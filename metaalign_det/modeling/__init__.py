@@ -1,5 +1,9 @@
 """Model parts: importing this registers DomainAdaptiveRCNN (META_ARCH_REGISTRY), the DA heads
 (DA_HEAD_REGISTRY) and the VGG16 backbone (BACKBONE_REGISTRY)."""
+from .. import compat
+
+compat.apply()  # before any detectron2 import; without detectron2: ImportError saying how to get it
+
 from .backbone import VGG16Backbone, build_vgg16_backbone
 from .discriminators import (
     DA_HEAD_REGISTRY,

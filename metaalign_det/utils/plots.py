@@ -12,7 +12,7 @@ import re
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
-from ..evaluation.io import atomic_write_bytes
+from .io import atomic_write_bytes
 
 __all__ = ["PANEL_PX", "load_metrics", "curve_groups", "plot_training_curves"]
 

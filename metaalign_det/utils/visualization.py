@@ -12,7 +12,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 
-from ..evaluation.io import atomic_write_bytes
+from .io import atomic_write_bytes
 
 __all__ = [
     "draw_predictions", "draw_ground_truth", "class_colors", "side_by_side", "write_png", "panel_size", "titles_for"

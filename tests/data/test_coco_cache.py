@@ -10,12 +10,8 @@ from PIL import Image
 
 import metaalign_det  # noqa: F401
 from metaalign_det.data.datasets import cityscapes_foggy as csf
-from metaalign_det.data.datasets.coco_cache import (
-    coco_to_records,
-    load_or_build,
-    records_to_coco,
-    write_json_atomic,
-)
+from metaalign_det.data.datasets.coco_cache import coco_to_records, load_or_build, records_to_coco
+from metaalign_det.utils.io import atomic_write_json
 
 from . import fake_trees as ft
 
@@ -114,7 +110,7 @@ def test_unreadable_cache_is_rebuilt(cs_root, caplog):
 
 def test_load_or_build_version_mismatch(tmp_path):
     path = str(tmp_path / "c.json")
-    write_json_atomic(path, {"images": [], "metaalign": {"version": -1, "kind": "k", "fingerprint": []}})
+    atomic_write_json(path, {"images": [], "metaalign": {"version": -1, "kind": "k", "fingerprint": []}})
     built = load_or_build(path, "k", [], lambda: {"images": [1], "annotations": [], "categories": []})
     assert built["images"] == [1]
     assert [f for f in os.listdir(tmp_path)] == ["c.json"]  # no temp file left behind

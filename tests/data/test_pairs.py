@@ -1,5 +1,6 @@
 """Domain-pair manifests and register_domain_pair: paths, class checks, idempotence, config key."""
 import glob
+import json
 import os
 
 import pytest
@@ -38,8 +39,12 @@ def trees(tmp_path):
                                {"id": 3, "image_id": 11, "category_id": 1, "bbox": [5, 5, 4, 4], "iscrowd": 1}])
     ft.make_voc(os.path.join(root, "voc"))
     yield root
-    for name in ("kitti_like", "api_pair", "other"):
+    for name in ("kitti_like", "api_pair", "other", "unlabelled_pair"):
         unregister_domain_pair(name)
+    for name in ("plain_target_images",):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
     builtin.register_all_builtin(overwrite=True)
 
 
@@ -177,6 +182,11 @@ def test_manifest_file_errors(tmp_path):
     p.write_text("name: [x\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_manifest(str(p))
+    # in one line, with where the parser stopped
+    p.write_text("name: x\nsource: {type: voc, root: ${DETECTRON2_DATASETS}/voc}\n")
+    with pytest.raises(ValueError, match=r"^pair manifest .*m.yaml: not valid YAML \(while parsing a flow mapping: "
+                                         r"expected ',' or '\}', but got '\{' at line 2, column 28\)$"):
+        load_manifest(str(p))
 
 
 def test_unset_environment_variable_in_a_path(trees, tmp_path):
@@ -206,3 +216,129 @@ def test_config_key_and_shipped_manifests(trees):
     finally:
         for p in shipped:
             unregister_domain_pair(load_manifest(p)["name"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# unlabelled targets: a folder of images, an images-only COCO file, a registered dataset without classes
+
+
+def _target_images(root):
+    """root/target/{a,b}/*.jpg: 3 images of two sizes, and a file that is not an image."""
+    paths = []
+    for k, (sub, w, h) in enumerate([("a", 40, 24), ("a", 40, 24), ("b", 30, 20)]):
+        p = os.path.join(root, "target", sub, f"frame_{k:03d}.jpg")
+        ft.write_image(p, w, h, seed=50 + k)
+        paths.append(p)
+    with open(os.path.join(root, "target", "README.txt"), "w") as f:
+        f.write("not an image")
+    return paths
+
+
+def test_images_folder_target(trees, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", trees)
+    paths = _target_images(trees)
+    path = _manifest(tmp_path, trees, name="unlabelled_pair",
+                     target={"type": "images", "root": "${DETECTRON2_DATASETS}/target"})
+    names = register_pair_manifests([path])
+    assert names == ["unlabelled_pair_source", "unlabelled_pair_target", "unlabelled_pair_test"]
+    meta = MetadataCatalog.get("unlabelled_pair_target")
+    assert meta.thing_classes == ["car"] and meta.role == "target"
+    assert f"target = images under {trees}/target (unlabelled)" in meta.protocol
+    recs = DatasetCatalog.get("unlabelled_pair_target")
+    assert [(r["file_name"], r["image_id"], r["width"], r["height"]) for r in recs] == [
+        (paths[0], 0, 40, 24), (paths[1], 1, 40, 24), (paths[2], 2, 30, 20)]
+    assert all("annotations" not in r for r in recs)
+    assert register_pair_manifests([path]) == names  # idempotent with the defaulted extensions
+    unregister_domain_pair("unlabelled_pair")
+    path = _manifest(tmp_path, trees, name="unlabelled_pair",
+                     target={"type": "images", "root": "../data/target", "extensions": [".PNG"]})
+    register_pair_manifests([path])
+    with pytest.raises(ValueError, match=r"target: no images \(\*.png\) under .*/data/target \(empty split\)"):
+        DatasetCatalog.get("unlabelled_pair_target")
+
+
+def test_images_only_coco_target_and_the_class_checks_it_skips(trees, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", trees)
+    paths = _target_images(trees)
+    json_path = os.path.join(trees, "target", "images.json")
+    with open(json_path, "w") as f:  # sizes may be absent: read from the headers
+        json.dump({"images": [{"id": 7, "file_name": "a/frame_000.jpg", "height": 24, "width": 40},
+                              {"id": 9, "file_name": "b/frame_002.jpg"}]}, f)
+    target = {"type": "coco", "json": json_path, "image_root": os.path.join(trees, "target")}
+    # classes [car, person]: a labelled target would have to match them, an unlabelled one has nothing to check
+    path = _manifest(tmp_path, trees, name="unlabelled_pair", classes=["car", "person"], target=target,
+                     class_map={"Car": "car", "Pedestrian": "person"},
+                     test={"type": "voc", "root": "../data/voc", "class_map": {"motorbike": None}})
+    register_pair_manifests([path])
+    recs = DatasetCatalog.get("unlabelled_pair_target")
+    assert [(r["file_name"], r["image_id"], r["width"], r["height"]) for r in recs] == [
+        (paths[0], 7, 40, 24), (paths[2], 9, 30, 20)]
+    assert all("annotations" not in r for r in recs)
+    unregister_domain_pair("unlabelled_pair")
+    # the same file as the source or the test set: refused when loaded, naming the file
+    for role in ("source", "test"):
+        path = _manifest(tmp_path, trees, name="unlabelled_pair", **{role: target})
+        register_pair_manifests([path])
+        with pytest.raises(ValueError, match=rf"{role}: {json_path} has no 'categories' list \(expected a COCO "
+                                             rf"instances JSON\); a file with only 'images' is accepted for a "
+                                             rf"domain pair's target set only"):
+            DatasetCatalog.get(f"unlabelled_pair_{role}")
+        unregister_domain_pair("unlabelled_pair")
+
+
+@pytest.mark.parametrize("role", ["source", "test"])
+def test_an_images_set_is_for_the_target_only(trees, tmp_path, monkeypatch, role):
+    monkeypatch.setenv("DETECTRON2_DATASETS", trees)
+    path = _manifest(tmp_path, trees, **{role: {"type": "images", "root": "../data/target"}})
+    with pytest.raises(ValueError, match=rf"{role}: an 'images' set has no labels; only the target may be "
+                                         rf"unlabelled \(give the {role} set as coco, voc or registered\)"):
+        register_pair_manifests([path])
+    assert f"kitti_like_{role}" not in DatasetCatalog.list()
+
+
+@pytest.mark.parametrize("extensions", [[], "jpg", [".jpg", 3]])
+def test_images_set_extensions_are_checked(trees, tmp_path, monkeypatch, extensions):
+    monkeypatch.setenv("DETECTRON2_DATASETS", trees)
+    path = _manifest(tmp_path, trees, target={"type": "images", "root": "../data/target", "extensions": extensions})
+    with pytest.raises(ValueError, match=r"target.extensions: expected a list of file suffixes such as \[.jpg, .png\]"):
+        register_pair_manifests([path])
+
+
+def test_registered_target_without_classes_is_unlabelled(trees):
+    recs = [{"file_name": p, "image_id": i, "height": 24, "width": 40,
+             "annotations": [{"bbox": [0, 0, 5, 5], "bbox_mode": 0, "category_id": 3}]}
+            for i, p in enumerate(_target_images(trees)[:2])]
+    DatasetCatalog.register("plain_target_images", lambda: recs)  # no metadata at all
+    register_domain_pair("unlabelled_pair", ["car"], source={"type": "registered", "name": "cityscapes_car_train"},
+                         target={"type": "registered", "name": "plain_target_images"},
+                         test={"type": "registered", "name": "cityscapes_car_val"})
+    got = DatasetCatalog.get("unlabelled_pair_target")
+    assert [r["file_name"] for r in got] == [r["file_name"] for r in recs]
+    assert all("annotations" not in r for r in got)  # labels of unknown classes: not ours, dropped
+    with pytest.raises(ValueError, match=r"source: dataset 'plain_target_images' has no thing_classes metadata"):
+        register_domain_pair("other", ["car"], source={"type": "registered", "name": "plain_target_images"},
+                             target={"type": "registered", "name": "cityscapes_car_train"},
+                             test={"type": "registered", "name": "cityscapes_car_val"})
+
+
+def test_paired_loader_gets_the_unlabelled_target_images(trees, tmp_path, monkeypatch):
+    from metaalign_det.data.paired_loader import build_paired_train_loader
+    from metaalign_det.cli import setup_cfg
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", trees)
+    paths = _target_images(trees)
+    path = _manifest(tmp_path, trees, name="unlabelled_pair",
+                     target={"type": "images", "root": "${DETECTRON2_DATASETS}/target"})
+    quick = os.path.join(REPO, "configs", "quick_schedules", "Base-quick-R18-FPN.yaml")
+    cfg = setup_cfg(quick, ["DATASETS.PAIR_MANIFESTS", f"('{path}',)",
+                            "DATASETS.TRAIN", "('unlabelled_pair_source',)",
+                            "DATASETS.TRAIN_TARGET", "('unlabelled_pair_target',)", "DATASETS.TEST", "()",
+                            "MODEL.ROI_HEADS.NUM_CLASSES", "1", "INPUT.MIN_SIZE_TRAIN", "(24,)",
+                            "SOLVER.TARGET_IMS_PER_BATCH", "3"])
+    seen = set()
+    for _, (source, target) in zip(range(2), build_paired_train_loader(cfg)):
+        assert all(d["instances"].has("gt_boxes") for d in source)
+        assert len(target) == 3 and all("instances" not in d for d in target)
+        assert all(d["image"].shape[0] == 3 for d in target)
+        seen |= {d["file_name"] for d in target}
+    assert seen == set(paths)  # 6 draws = 2 shuffled passes over the 3 target images

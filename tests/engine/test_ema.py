@@ -7,7 +7,8 @@ from torch import nn
 from metaalign_det.engine import MetaAlignTrainer
 from metaalign_det.engine.ema import ModelEMA
 from metaalign_det.evaluation import load_checked_weights
-from tests.engine.helpers import build_trainer, quick_cfg, train
+from tests.helpers.configs import quick_cfg
+from tests.helpers.training import build_trainer, train
 
 
 class _Net(nn.Module):

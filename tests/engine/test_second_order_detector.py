@@ -9,10 +9,10 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from metaalign_det.engine.train_loop import LossEvaluator
+from metaalign_det.engine.loss_evaluator import LossEvaluator
 from metaalign_det.meta import meta_align_grads
 from metaalign_det.modeling import GradientReversal
-from tests.modeling.tiny_cfg import enable_da, make_inputs, tiny_fpn_cfg
+from tests.helpers.configs import enable_da, make_inputs, tiny_fpn_cfg
 
 
 def _double_batch(batch):

@@ -11,16 +11,17 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from metaalign_det.engine import MetaAlignTrainer
+from metaalign_det.engine.loss_evaluator import LossEvaluator
 from metaalign_det.engine.teacher import (
     PseudoLabelLoss,
     PseudoLabelLossEvaluator,
     count_matches,
     pseudo_label,
 )
-from metaalign_det.engine.train_loop import LossEvaluator
-from tests.engine.helpers import build_trainer, one_step, quick_cfg, train
+from tests.d2_newer_api import simulate_newer_detectron2
+from tests.helpers.configs import enable_da, make_inputs, quick_cfg, tiny_fpn_cfg
+from tests.helpers.training import build_trainer, one_step, train
 from tests.modeling.test_meta_arch import _KeyAuditDict
-from tests.modeling.tiny_cfg import enable_da, make_inputs, tiny_fpn_cfg
 
 # a random-init teacher scores ~1/3: threshold 0 and a fixed detection count give every image pseudo-labels
 LABEL_EVERYTHING = ["TEACHER.SCORE_THRESH", "0.0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
@@ -220,16 +221,22 @@ class _Crash(HookBase):
             raise KeyboardInterrupt("simulated kill")
 
 
-def test_kill_and_resume_in_the_teacher_phase_gives_the_same_student_and_teacher(tmp_path):
+@pytest.mark.parametrize("api", ["v0.6", "newer"])
+def test_kill_and_resume_in_the_teacher_phase_gives_the_same_student_and_teacher(tmp_path, monkeypatch, api):
+    """Also on the trainer API of detectron2 builds newer than v0.6 (simulated: DefaultTrainer checkpoints the
+    step trainer itself, the data loader is replaced through reset_data_loader): the EMA is its own entry."""
     opts = ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "META.MODE", "first_order",
             "TEACHER.BURN_IN_ITERS", "1", "TEACHER.MONITOR_PERIOD", "1"]
     straight = train(_teacher_cfg(tmp_path, "a", *opts))
+    resets = simulate_newer_detectron2(monkeypatch) if api == "newer" else None
     cfg = _teacher_cfg(tmp_path, "b", *opts)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, hooks=[_Crash(2)])
     assert (tmp_path / "b" / "last_checkpoint").read_text() == "model_0000001.pth"  # saved in the teacher phase
     resumed = train(cfg, resume=True)
     assert resumed.start_iter == 2 and resumed._trainer.ema.restored
+    if resets is not None:
+        assert len(resets) == 1  # the data streams were replaced the newer way
     for name, a, b in (("student", straight.model, resumed.model),
                        ("teacher", straight._trainer.ema.model, resumed._trainer.ema.model)):
         sa, sb = a.state_dict(), b.state_dict()

@@ -1,8 +1,8 @@
 """Teacher phase on two CPU processes (gloo) == one process with the same global batch: the same student AND
 the same teacher (EMA), with MetaAlign first order over the teacher objective.
 
-Self-contained (its own process start/stop), following tests/engine/test_ddp.py. Equal per-image counts keep
-the multi-process losses equal to the one-process ones: every anchor/ROI used (``deterministic``), and
+The processes are started by tests.helpers.distributed (as every multi-process test). Equal per-image counts
+keep the multi-process losses equal to the one-process ones: every anchor/ROI used (``deterministic``), and
 exactly 4 pseudo-labels per image (threshold 0, DETECTIONS_PER_IMAGE 4). The strong views are seeded by the
 image's index in the global batch, so they do not depend on the split either.
 
@@ -14,15 +14,12 @@ and every tensor's update (final - initial) to 5% of its norm. A wrong strong vi
 one process changes losses and updates by their own size and fails all three.
 """
 import json
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from tests.engine.helpers import quick_cfg
+from tests.helpers.configs import quick_cfg
+from tests.helpers.distributed import run_in_process_group
 from tests.toy_data import register_toy_pair
 
 OPTS = ["META.MODE", "first_order", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1000",
@@ -31,12 +28,6 @@ OPTS = ["META.MODE", "first_order", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_P
         "INPUT.STRONG_AUG.SOURCE", "both", "INPUT.STRONG_AUG.TARGET", "True", "TEACHER.SCORE_THRESH", "0.0",
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "4",
         "TEACHER.MONITOR_PERIOD", "1", "TEACHER.MONITOR_GT", "True"]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(data_dir, out_dir, weights):
@@ -50,17 +41,17 @@ def _run(data_dir, out_dir, weights):
     return trainer.model.state_dict(), trainer._trainer.ema.model.state_dict()
 
 
-def _worker(rank, world, port, data_dir, out_dir, weights, result_file):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        register_toy_pair(data_dir)
-        student, teacher = _run(data_dir, out_dir, weights)
-        if rank == 0:
-            torch.save({"student": student, "teacher": teacher}, result_file)
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world, data_dir, out_dir, weights):
+    """Rank 0 returns {"student", "teacher"} state dicts; rank 1 returns None."""
+    register_toy_pair(data_dir)
+    student, teacher = _run(data_dir, out_dir, weights)
+    return {"student": student, "teacher": teacher} if rank == 0 else None
+
+
+def _losses(out_dir):
+    with open(out_dir / "metrics.json") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {(r["iteration"], k): v for r in rows for k, v in r.items() if k.startswith("loss_")}
 
 
 def test_two_processes_equal_one_for_student_and_teacher(tmp_path):
@@ -73,27 +64,22 @@ def test_two_processes_equal_one_for_student_and_teacher(tmp_path):
     weights = str(tmp_path / "init.pth")
     torch.save({"model": init.state_dict()}, weights)
 
-    result = str(tmp_path / "ddp.pth")
-    mp.start_processes(_worker, args=(2, _free_port(), data_dir, tmp_path / "ddp_out", weights, result),
-                       nprocs=2, join=True, start_method="spawn")
-    ddp = torch.load(result, weights_only=True)
+    ddp, rank1 = run_in_process_group(_worker, tmp_path, data_dir, tmp_path / "ddp_out", weights)
+    assert rank1 is None
     student, teacher = _run(data_dir, tmp_path / "single_out", weights)
 
-    losses = {}
-    for run in ("ddp_out", "single_out"):
-        with open(tmp_path / run / "metrics.json") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        losses[run] = {(r["iteration"], k): v for r in rows for k, v in r.items() if k.startswith("loss_")}
-    assert losses["ddp_out"].keys() == losses["single_out"].keys()
-    assert {k for _, k in losses["ddp_out"]} >= {"loss_cls", "loss_da_img", "loss_pseudo_cls", "loss_pseudo_rpn_cls"}
-    for key, v in losses["single_out"].items():
-        assert losses["ddp_out"][key] == pytest.approx(v, rel=1e-5, abs=1e-6), key
+    multi, single_losses = _losses(tmp_path / "ddp_out"), _losses(tmp_path / "single_out")
+    assert multi.keys() == single_losses.keys()
+    assert {k for _, k in multi} >= {"loss_cls", "loss_da_img", "loss_pseudo_cls", "loss_pseudo_rpn_cls"}
+    for key, v in single_losses.items():
+        assert multi[key] == pytest.approx(v, rel=1e-5, abs=1e-6), key
 
     start = init.state_dict()
     for name, single in (("student", student), ("teacher", teacher)):
         moved = 0
         for k, v in single.items():
-            torch.testing.assert_close(ddp[name][k], v, rtol=1e-4, atol=1e-4, msg=lambda m, n=name, k=k: f"{n}: {k}: {m}")
+            torch.testing.assert_close(ddp[name][k], v, rtol=1e-4, atol=1e-4,
+                                       msg=lambda m, n=name, k=k: f"{n}: {k}: {m}")
             update = (v - start[k]).float().norm()
             assert (ddp[name][k] - v).float().norm() <= 0.05 * update + 1e-6, (name, k)
             moved += int(update > 0)

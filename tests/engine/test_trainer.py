@@ -4,10 +4,15 @@ import os
 
 import pytest
 import torch
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks
 
-from tests.engine.helpers import build_trainer, one_step, quick_cfg, train
+from tests.d2_newer_api import simulate_newer_detectron2
+from tests.helpers.configs import quick_cfg
+from tests.helpers.training import build_trainer, one_step, train
+from tests.toy_data import register_toy
 from metaalign_det.engine import MetaAlignTrainer
+from metaalign_det.engine.checkpoint import AtomicDetectionCheckpointer
+from metaalign_det.engine.printer import TrainingMetricPrinter
 
 
 def _metrics(out_dir):
@@ -144,6 +149,10 @@ def test_meta_params_restrict_fast_weights(tmp_path):
     (["META.MODE", "first_order", "MODEL.DA_HEADS.IMG_ENABLED", "False", "MODEL.DA_HEADS.INS_ENABLED", "False"],
      "needs an alignment loss"),
     (["META.PARAMS", "['nothing_matches_this']"], "nothing_matches_this"),
+    (["DATASETS.TEST", "('no_such_test',)"], "DATASETS.TEST: dataset 'no_such_test' is not registered"),
+    (["TEST.AP_METRIC", "coco"], "TEST.AP_METRIC must be one of coco101, voc07, voc12, got 'coco'"),
+    (["TEST.AP_IOU", "1.5"], r"TEST.AP_IOU must be in \(0, 1\], got 1.5"),
+    (["MODEL.DEVICE", "gpu0"], "MODEL.DEVICE 'gpu0' is not a torch device"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, opts, match):
     cfg = quick_cfg(tmp_path / "data", tmp_path / "out", *opts)
@@ -192,3 +201,120 @@ def test_source_only_run_logs_no_discriminator_accuracy(tmp_path):
                     "MODEL.DA_HEADS.CST_WEIGHT", "0.0", "MODEL.META_ARCHITECTURE", "GeneralizedRCNN")
     train(cfg)
     assert not any(k.startswith("da/") for r in _metrics(tmp_path / "out") for k in r)
+
+
+# ---- detectron2 versions: the same run on a newer official build's trainer API (simulated) -------------
+
+
+def test_kill_and_resume_on_the_newer_detectron2_api(tmp_path, monkeypatch):
+    """Newer builds: read-only ``_data_loader_iter`` + ``reset_data_loader``, and DefaultTrainer checkpoints
+    ``_trainer`` itself. Resuming there continues the uninterrupted (v0.6) run exactly."""
+    opts = ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1", "META.JOINT_GRAD_COS_PERIOD", "0"]
+    straight = train(quick_cfg(tmp_path / "data", tmp_path / "a", *opts))
+    resets = simulate_newer_detectron2(monkeypatch)
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "b", *opts)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, hooks=[_Crash(1)])
+    state = torch.load(tmp_path / "b" / "model_0000000.pth", weights_only=False)["trainer"]
+    assert {"optimizer", "rng", "step_seed_base"} <= set(state["_trainer"]) and "data_seeds" in state
+    resumed = train(cfg, resume=True)
+    assert resumed.start_iter == 1 and len(resets) == 1  # the data streams were replaced the newer way
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_log_period_is_the_writers_period(tmp_path):
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "SOLVER.LOG_PERIOD", "3")
+    trainer = MetaAlignTrainer(cfg)
+    writers = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicWriter)]
+    assert len(writers) == 1 and writers[0]._period == 3
+    assert sum(isinstance(w, TrainingMetricPrinter) for w in writers[0]._writers) == 1
+
+
+# ---- divergence never reaches a checkpoint -------------------------------------------------------------
+
+
+def test_diverging_update_stops_before_its_checkpoint(tmp_path):
+    """lr 1000: the gradients are finite, but the first update multiplies the weights' norm ~200x. Before,
+    model_0000000.pth (|w| ~4e3) and model_0000001.pth (|w| ~4e19) were written, then a forward failed."""
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "SOLVER.BASE_LR", "1000", "SOLVER.WARMUP_ITERS", "0",
+                    "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.MAX_ITER", "3")
+    with pytest.raises(FloatingPointError) as info:
+        train(cfg)
+    msg = str(info.value)
+    assert msg.startswith("training diverged at iteration 0: one update grew the trainable weights' norm")
+    assert "\n" not in msg and "last checkpoint is intact" in msg and "SOLVER.BASE_LR" in msg
+    assert not list((tmp_path / "out").glob("*.pth")) and not (tmp_path / "out" / "last_checkpoint").exists()
+
+
+def test_non_finite_weights_after_the_update_stop_training(tmp_path):
+    # finite gradients x lr 1e38 -> inf weights; the norm-growth test is off, the finiteness test remains
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "SOLVER.BASE_LR", "1e38", "SOLVER.WARMUP_ITERS", "0",
+                    "SOLVER.CHECKPOINT_PERIOD", "1")
+    trainer = build_trainer(cfg)
+    trainer._trainer.max_weight_norm_growth = None
+    with pytest.raises(FloatingPointError, match="diverged at iteration 0: the update made the weights non-finite"):
+        trainer.train()
+    assert not list((tmp_path / "out").glob("*.pth"))
+
+
+def test_checkpointer_never_saves_non_finite_weights_and_names_unreadable_files(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    checkpointer = AtomicDetectionCheckpointer(model, str(tmp_path))
+    checkpointer.save("good")
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"not saving checkpoint bad.pth: 1 model tensor\(s\) are "
+                                                 r"non-finite \(weight\)"):
+        checkpointer.save("bad")
+    assert not (tmp_path / "bad.pth").exists() and (tmp_path / "last_checkpoint").read_text() == "good.pth"
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk.pth: cannot be read as a checkpoint \(UnpicklingError"):
+        checkpointer.load(str(tmp_path / "junk.pth"))
+
+
+# ---- bad inputs fail before the first iteration, one line each -------------------------------------------
+
+
+def test_missing_test_split_fails_at_construction(tmp_path):
+    name = register_toy("toy_gone_val", str(tmp_path / "gone_val"))
+    os.remove(tmp_path / "gone_val" / "ann.json")  # registered, but its files are gone
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "DATASETS.TEST", f"('{name}',)")
+    with pytest.raises(FileNotFoundError, match=r"DATASETS.TEST: dataset 'toy_gone_val' is registered but its "
+                                                r"files are missing: .*ann.json"):
+        MetaAlignTrainer(cfg)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not_a_checkpoint"])
+def test_bad_model_weights_fail_before_training(tmp_path, kind):
+    path = tmp_path / "weights.pth"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not_a_checkpoint":
+        path.write_text("not a checkpoint")
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "MODEL.WEIGHTS", str(path))
+    trainer = MetaAlignTrainer(cfg)
+    error, match = {
+        "missing": (FileNotFoundError, r"MODEL.WEIGHTS .*weights.pth: no such file"),
+        "directory": (ValueError, r"MODEL.WEIGHTS .*weights.pth: is a directory"),
+        "not_a_checkpoint": (ValueError, r"weights.pth: cannot be read as a checkpoint"),
+    }[kind]
+    with pytest.raises(error, match=match):
+        trainer.resume_or_load(resume=False)
+
+
+def test_cuda_config_without_cuda_suggests_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # what a CPU-only machine reports
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "MODEL.DEVICE", "cuda")
+    with pytest.raises(ValueError, match=r"MODEL.DEVICE is 'cuda' but this machine has no usable CUDA device: "
+                                         r"add `MODEL.DEVICE cpu`"):
+        MetaAlignTrainer(cfg)
+
+
+def test_source_without_boxes_is_one_clear_error(tmp_path):
+    name = register_toy("toy_no_boxes", str(tmp_path / "no_boxes"), n_boxes=0)
+    cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "DATASETS.TRAIN", f"('{name}',)")
+    with pytest.raises(ValueError, match=r"DATASETS.TRAIN \['toy_no_boxes'\]: none of its 4 images has a box "
+                                         r"and DATALOADER.FILTER_EMPTY_ANNOTATIONS=True drops every image"):
+        MetaAlignTrainer(cfg)

@@ -82,7 +82,9 @@ def test_logs_one_line_when_applied():
 
 
 def test_missing_detectron2_gives_one_clear_line(tmp_path):
-    # Hide detectron2 from the import system: metaalign_det must fail with the how-to-get-it line.
+    # Hide detectron2 from the import system: the parts of metaalign_det that need it must fail with the
+    # how-to-get-it line. (The package itself imports: the meta step is usable without detectron2, see
+    # test_no_detectron2.py.)
     code = textwrap.dedent("""
         import importlib.abc, sys
         class Hide(importlib.abc.MetaPathFinder):
@@ -91,11 +93,74 @@ def test_missing_detectron2_gives_one_clear_line(tmp_path):
                     raise ModuleNotFoundError(name)
                 return None
         sys.meta_path.insert(0, Hide())
+        import metaalign_det
         try:
-            import metaalign_det
+            import metaalign_det.modeling
         except ImportError as e:
             print("MSG:", e)
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "MSG: metaalign_det needs detectron2" in proc.stdout, proc.stdout + proc.stderr
     assert "tools/install_detectron2.py" in proc.stdout
+
+
+# ---- detectron2 trainer API: the installed one (v0.6 here) and a newer official build (simulated) ----------
+
+
+def _step_trainer():
+    import torch
+    from detectron2.engine import SimpleTrainer
+
+    model = torch.nn.Linear(2, 1)
+    return SimpleTrainer(model, ["a0", "a1", "a2"], torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("api", ["installed", "newer"])
+def test_data_loader_reset_on_both_trainer_apis(monkeypatch, api):
+    from detectron2.engine import SimpleTrainer
+    from metaalign_det import compat
+    from tests.d2_newer_api import simulate_newer_detectron2
+
+    resets = simulate_newer_detectron2(monkeypatch) if api == "newer" else None
+    t = _step_trainer()
+    assert [compat.next_batch(t), compat.next_batch(t)] == ["a0", "a1"]
+    compat.reset_data_loader(t, lambda: ["b0", "b1"])
+    assert t.data_loader == ["b0", "b1"]
+    assert [compat.next_batch(t), compat.next_batch(t)] == ["b0", "b1"]  # a fresh iterator of the new loader
+    if api == "newer":
+        assert len(resets) == 1  # detectron2's own reset_data_loader was used
+        # what the engine did before: assigning the iterator fails on newer builds (read-only property)
+        with pytest.raises(AttributeError):
+            t._data_loader_iter = iter(["c0"])
+    else:
+        assert "reset_data_loader" not in vars(SimpleTrainer)  # v0.6 is what this environment installs
+
+
+@pytest.mark.parametrize("api", ["installed", "newer"])
+def test_who_checkpoints_the_step_trainer(monkeypatch, api):
+    from detectron2.engine import DefaultTrainer
+    from metaalign_det import compat
+    from tests.d2_newer_api import simulate_newer_detectron2
+
+    if api == "newer":
+        simulate_newer_detectron2(monkeypatch)
+        assert compat.default_trainer_checkpoints_step_trainer() is True
+    else:  # v0.6: DefaultTrainer inherits TrainerBase's (iteration + hooks only)
+        assert "load_state_dict" not in vars(DefaultTrainer)
+        assert compat.default_trainer_checkpoints_step_trainer() is False
+
+
+def test_engine_writes_no_private_detectron2_state():
+    """Version differences live in compat: the engine neither writes detectron2's private trainer attributes
+    nor probes its classes' __dict__."""
+    import os
+    import re
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "metaalign_det", "engine")
+    for name in sorted(os.listdir(root)):
+        if name.endswith(".py"):
+            with open(os.path.join(root, name)) as f:
+                text = f.read()
+            for bad in (r"\._period\b", r"\._data_loader_iter", r"__dict__", r"\bSimpleTrainer\.__init__\("):
+                assert not re.search(bad, text), (name, bad)

@@ -7,6 +7,7 @@ alignment loss, so the zero-gradient handling is exercised in both directions.
 import importlib.util
 import logging
 import math
+import os
 import sys
 
 import pytest
@@ -15,6 +16,8 @@ import torchvision
 from torch.autograd.function import once_differentiable
 
 from metaalign_det.meta import meta_align_grads, resolve_direction, select_params
+from metaalign_det.meta import grad_stats as grad_stats_mod
+from metaalign_det.meta import hvp as hvp_mod
 from metaalign_det.meta import step as step_mod
 
 DT = torch.float64
@@ -214,15 +217,15 @@ def test_order_aliases():
 # ----------------------------------------------------------------------------------------------------
 def test_auto_falls_back_for_once_differentiable_and_logs_once(monkeypatch, caplog):
     """@once_differentiable: torch.autograd.grad(inputs=...) would silently drop the term; must fall back."""
-    monkeypatch.setattr(step_mod, "_fallback_logged", False)
-    caplog.set_level(logging.INFO, logger=step_mod.__name__)
+    monkeypatch.setattr(hvp_mod, "_fallback_logged", False)
+    caplog.set_level(logging.INFO, logger=hvp_mod.__name__)
     params = make_params()
     ref = reference(params, "align_first", LR, second=True)  # same math with a twice-differentiable tanh
     for _ in range(2):
         grads, stats = meta_align_grads(params, align_loss_once, det_loss, LR, order="second", hvp="auto")
         assert stats["hvp"] == "finite_difference"
         assert_grads_close(grads, ref, rtol=1e-4, atol=1e-8)
-    records = [r for r in caplog.records if r.name == step_mod.__name__]
+    records = [r for r in caplog.records if r.name == hvp_mod.__name__]
     assert len(records) == 1
     assert "finite-difference" in records[0].getMessage()
 
@@ -235,8 +238,8 @@ def test_explicit_double_backward_refuses_once_differentiable():
 
 def test_auto_falls_back_for_roi_align(monkeypatch, caplog):
     """The real case: torchvision roi_align raises 'double backwards on roi_align not supported'."""
-    monkeypatch.setattr(step_mod, "_fallback_logged", False)
-    caplog.set_level(logging.INFO, logger=step_mod.__name__)
+    monkeypatch.setattr(hvp_mod, "_fallback_logged", False)
+    caplog.set_level(logging.INFO, logger=hvp_mod.__name__)
     g = torch.Generator().manual_seed(3)
     params = {"f": torch.randn(1, 1, 5, 5, generator=g, dtype=DT), "w": torch.randn(4, generator=g, dtype=DT)}
     boxes = torch.tensor([[0, 0.3, 0.6, 3.7, 3.2]], dtype=DT)
@@ -265,7 +268,7 @@ def test_auto_falls_back_for_roi_align(monkeypatch, caplog):
     assert_grads_close(grads, ref, rtol=1e-4, atol=1e-8)
     first = reference(params, "align_first", 0.5, second=False, inner=inner_lin, outer=outer)
     assert _max_abs_diff(ref, first) > 1e-3  # the Hessian term is not negligible here
-    assert len([r for r in caplog.records if r.name == step_mod.__name__]) == 1
+    assert len([r for r in caplog.records if r.name == hvp_mod.__name__]) == 1
 
 
 def test_unrelated_runtime_error_is_not_swallowed():
@@ -515,13 +518,22 @@ def test_resolve_direction():
 
 
 def test_step_module_needs_no_detectron2(monkeypatch):
-    """step.py must load with detectron2 and the rest of metaalign_det unavailable."""
+    """The meta package (step.py and the modules it uses) must load with detectron2 and the rest of
+    metaalign_det unavailable."""
     for name in ("detectron2", "metaalign_det"):
         monkeypatch.setitem(sys.modules, name, None)  # makes any import of them raise ImportError
-    spec = importlib.util.spec_from_file_location("isolated_meta_step", step_mod.__file__)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    grads, _ = mod.meta_align_grads(make_params(), align_loss, det_loss, LR, order="first")
+    folder = os.path.dirname(step_mod.__file__)
+    spec = importlib.util.spec_from_file_location("isolated_meta", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    pkg = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "isolated_meta", pkg)  # its relative imports resolve under this name
+    try:
+        spec.loader.exec_module(pkg)
+        mod = pkg.step
+        grads, _ = mod.meta_align_grads(make_params(), align_loss, det_loss, LR, order="first")
+    finally:
+        for name in [n for n in sys.modules if n.startswith("isolated_meta.")]:
+            del sys.modules[name]
     assert_grads_close(grads, reference(make_params(), "align_first", LR, second=False))
 
 
@@ -575,7 +587,7 @@ def test_cos_terms_match_float64_reference_with_mixed_dtypes():
     d = [torch.randn(s, generator=g).to(dt) for s, dt in zip(shapes, dtypes)]
     touched_a = [True, True, True, False, True]
     touched_d = [True, False, True, True, True]
-    terms = step_mod._cos_terms(a, d, touched_a, touched_d)
+    terms = grad_stats_mod._cos_terms(a, d, touched_a, touched_d)
     shared = [i for i in range(len(a)) if touched_a[i] and touched_d[i]]
     flat = lambda ts: torch.cat([t.double().reshape(-1) for t in ts])  # noqa: E731
     ref = {
@@ -591,15 +603,15 @@ def test_cos_terms_match_float64_reference_with_mixed_dtypes():
         assert terms[k].item() == pytest.approx(v.item(), rel=1e-6), k
     # an fp16 tensor whose squared norm overflows fp16 is accumulated in fp32
     big = [torch.full((4,), 60000.0, dtype=torch.float16)]
-    big_terms = step_mod._cos_terms(big, big, [True], [True])
+    big_terms = grad_stats_mod._cos_terms(big, big, [True], [True])
     assert big_terms["aa"].item() == pytest.approx(4 * 60000.0 ** 2, rel=1e-6)
 
 
 def test_all_finite_checks_every_element():
     ok = [torch.tensor([1.0, -2.0]), torch.zeros(0), torch.tensor([3e38, -3e38])]  # a 2-norm would overflow
-    assert step_mod._all_finite(ok)
-    assert step_mod._all_finite([torch.tensor([60000.0], dtype=torch.float16)] * 3)
+    assert grad_stats_mod._all_finite(ok)
+    assert grad_stats_mod._all_finite([torch.tensor([60000.0], dtype=torch.float16)] * 3)
     for bad in (float("nan"), float("inf"), -float("inf")):
         tensors = ok + [torch.tensor([1.0, bad])]
-        assert not step_mod._all_finite(tensors), bad
-        assert not step_mod._all_finite([torch.tensor([bad], dtype=torch.bfloat16)] + ok), bad
+        assert not grad_stats_mod._all_finite(tensors), bad
+        assert not grad_stats_mod._all_finite([torch.tensor([bad], dtype=torch.bfloat16)] + ok), bad

@@ -19,7 +19,7 @@ from metaalign_det.modeling.discriminators import (
 )
 from metaalign_det.modeling.losses import domain_bce
 
-from .tiny_cfg import tiny_c4_cfg, tiny_fpn_cfg, tiny_vgg_cfg
+from tests.helpers.configs import tiny_c4_cfg, tiny_fpn_cfg, tiny_vgg_cfg
 
 
 def _features(cfg, h, w):

@@ -17,7 +17,7 @@ from metaalign_det.modeling.meta_arch import (
     strip_da_heads,
 )
 
-from .tiny_cfg import enable_da, make_image_input, make_inputs, tiny_c4_cfg, tiny_fpn_cfg, tiny_vgg_cfg
+from tests.helpers.configs import enable_da, make_image_input, make_inputs, tiny_c4_cfg, tiny_fpn_cfg, tiny_vgg_cfg
 
 DET_KEYS = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
 CFGS = {"c4": tiny_c4_cfg, "fpn": tiny_fpn_cfg, "vgg": tiny_vgg_cfg}

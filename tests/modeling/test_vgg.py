@@ -9,7 +9,7 @@ from detectron2.modeling import build_backbone
 
 from metaalign_det.modeling.backbone.vgg import VGG16Backbone
 
-from .tiny_cfg import tiny_vgg_cfg
+from tests.helpers.configs import tiny_vgg_cfg
 
 
 @pytest.fixture(scope="module")

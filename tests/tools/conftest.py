@@ -1,5 +1,6 @@
-"""Fixtures for the tool tests: a tiny GeneralizedRCNN (R18-FPN) config as YAML, a checkpoint of it, and a
-toy COCO dataset (JSON + PNGs) that the tools register with ``--coco-json``. Session-scoped: built once."""
+"""Fixtures for the tool tests: a tiny GeneralizedRCNN config (tests.helpers.configs.tiny_rcnn_cfg) as YAML,
+a checkpoint of it, and a toy COCO dataset (JSON + PNGs) that the tools register with ``--coco-json``.
+Session-scoped: built once."""
 import json
 import os
 import subprocess
@@ -11,10 +12,9 @@ import torch
 from PIL import Image
 
 import metaalign_det  # noqa: F401  (compat before detectron2)
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from metaalign_det.config import add_metaalign_config
+from tests.helpers.configs import tiny_rcnn_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOY_CLASSES = ["car", "person"]
@@ -23,44 +23,11 @@ TOY_GT_PER_CLASS = [2, 1]  # per image: two cars, one person -> num_gt over 3 im
 TOY_IMAGES = 3
 
 
-def tiny_cfg():
-    """GeneralizedRCNN, R18-FPN with 32 FPN channels, 2-FC box head of 32, 2 classes, 64 px test images."""
-    cfg = add_metaalign_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 32
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32], [64], [128], [256]]
-    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 30
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(TOY_CLASSES)
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 32
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
-    cfg.INPUT.MIN_SIZE_TEST = 48
-    cfg.INPUT.MAX_SIZE_TEST = 96
-    cfg.TEST.DETECTIONS_PER_IMAGE = 20
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.DATASETS.TEST = ()
-    return cfg
-
-
 @pytest.fixture(scope="session")
 def tiny_model_files(tmp_path_factory):
     """(config YAML, checkpoint .pth, checkpoint with a 3-class box predictor) paths."""
     root = tmp_path_factory.mktemp("tiny_model")
-    cfg = tiny_cfg()
+    cfg = tiny_rcnn_cfg(num_classes=len(TOY_CLASSES))
     yaml_path = root / "tiny.yaml"
     yaml_path.write_text(cfg.dump())
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import torch
 import metaalign_det  # noqa: F401  (compat before detectron2)
 from detectron2.modeling import build_model
 
-from metaalign_det.engine.setup import setup_cfg
+from metaalign_det.cli import setup_cfg
 from tests.toy_data import make_toy_coco
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,6 +58,7 @@ def test_pad_table_and_json_for_two_checkpoints(pair):
             assert -2.0 <= r["pad"] <= 2.0 and r["n_source"] > 0 and r["n_target"] > 0, rep
         assert c["pad"]["roi"]["n_source"] > 8  # several proposals per image
         assert len(c["grad_cos"]["values"]) == 2 and all(-1 <= v <= 1 for v in c["grad_cos"]["values"])
+        assert c["grad_cos"]["da_heads_from_init"] is False  # the checkpoints were saved with the heads
     # the toy target is the source blended towards grey: its global statistics give it away
     assert report["checkpoints"][0]["pad"]["pooled"]["pad"] > 1.0
 

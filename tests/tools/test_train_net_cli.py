@@ -38,7 +38,8 @@ def test_metaalign_first_order_trains_evaluates_and_reloads(datasets_root, tmp_p
     rows = _metrics(out)
     keys = set().union(*rows)
     assert {"loss_da_img", "loss_da_ins", "loss_cls", "meta/grad_cos", "meta/inner_lr"} <= keys
-    assert [r["meta/direction_is_align_first"] for r in rows if "meta/inner_lr" in r] == [1.0, 0.0, 1.0]
+    # alternate starts with the detection loss as meta-train, as the official loop does
+    assert [r["meta/direction_is_align_first"] for r in rows if "meta/inner_lr" in r] == [0.0, 1.0, 0.0]
     with open(os.path.join(out, "inference", "ap_synthetic_foggy_val.json")) as f:
         report = json.load(f)
     assert report["num_images"] == 100 and [c["name"] for c in report["classes"]] == ["car", "person", "bus"]
@@ -107,3 +108,63 @@ def test_bad_input_is_one_error_line(datasets_root, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: DATASETS.TRAIN_TARGET: dataset 'foggy_typo' is not registered")
+
+
+def test_console_shows_the_run_and_log_txt_the_dumps(datasets_root, tmp_path):
+    """No ANSI colour codes and no config / environment / model dump on the console (the first iteration
+    is visible at once); OUTPUT_DIR/log.txt and config.yaml keep the full dumps. An integer for a float key
+    (META.INNER_LR_SCALE 10) is taken as a float."""
+    out = tmp_path / "out"
+    proc = _train_net(datasets_root, "--config-file", os.path.join(QUICK, "da_joint_R18_FPN_synthetic.yaml"),
+                      "SOLVER.MAX_ITER", "1", "DATASETS.TEST", "()", "META.INNER_LR_SCALE", "10",
+                      "OUTPUT_DIR", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    assert "\x1b[" not in console
+    for dump in ("Running with full config", "Environment info", "Contents of args.config_file", "(backbone): FPN(",
+                 "(roi_heads): StandardROIHeads("):
+        assert dump not in console, dump
+    assert "iter: 0  total_loss:" in console and "Model: DomainAdaptiveRCNN, " in console
+    assert len(proc.stdout.splitlines()) < 40, proc.stdout  # was ~580 lines for one iteration
+    log = (out / "log.txt").read_text()
+    for dump in ("Running with full config:", "Environment info:", "(backbone): FPN(", "iter: 0  total_loss:"):
+        assert dump in log, dump
+    assert "INNER_LR_SCALE: 10.0" in (out / "config.yaml").read_text()
+
+
+def _cuda_less_env():
+    return {"CUDA_VISIBLE_DEVICES": ""}  # no CUDA device, whatever the machine has
+
+
+@pytest.mark.parametrize("case", ["unknown_test_set", "missing_test_split", "ap_metric", "missing_weights",
+                                  "gpu_config_on_cpu", "diverging_lr"])
+def test_bad_inputs_fail_before_training_with_one_line(datasets_root, tmp_path, case):
+    quick = os.path.join(QUICK, "da_joint_R18_FPN_synthetic.yaml")
+    out = tmp_path / "out"
+    config, opts, env, expected = {
+        "unknown_test_set": (quick, ["DATASETS.TEST", "('synthetic_foggy_vall',)"], {},
+                             "error: DATASETS.TEST: dataset 'synthetic_foggy_vall' is not registered"),
+        # a builtin name whose files are not under DETECTRON2_DATASETS (only the synthetic pair is there)
+        "missing_test_split": (quick, ["DATASETS.TEST", "('cityscapes_car_val',)"], {},
+                               "error: DATASETS.TEST: dataset 'cityscapes_car_val' is registered but its files "
+                               "are missing: "),
+        "ap_metric": (quick, ["TEST.AP_METRIC", "voc2007"], {}, "error: TEST.AP_METRIC must be one of "),
+        "missing_weights": (quick, ["MODEL.WEIGHTS", str(tmp_path / "no_such.pth")], {},
+                            f"error: MODEL.WEIGHTS {tmp_path / 'no_such.pth'}: no such file"),
+        "gpu_config_on_cpu": (os.path.join(REPO, "configs", "cityscapes_foggy", "da_faster_R50_FPN.yaml"), [],
+                              _cuda_less_env(), "error: MODEL.DEVICE is 'cuda' but this machine has no usable "
+                                                "CUDA device: add `MODEL.DEVICE cpu`"),
+        "diverging_lr": (quick, ["SOLVER.BASE_LR", "1000", "SOLVER.WARMUP_ITERS", "0",
+                                 "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.MAX_ITER", "3"], {},
+                         "error: training diverged at iteration 0: "),
+    }[case]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="2", **env)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config,
+                           *opts, "OUTPUT_DIR", str(out)], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=900)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(expected), last
+    assert sum(ln.startswith("error:") for ln in proc.stderr.splitlines()) == 1
+    assert "iter: 0  total_loss" not in proc.stdout or case == "diverging_lr"  # failed before training
+    assert not list(out.glob("*.pth"))

@@ -8,7 +8,8 @@ from .builtin import datasets_root, register_all_builtin
 from .cityscapes_foggy import CITYSCAPES_THING_CLASSES, FOGGY_BETAS, load_cityscapes_detection
 from .coco_cache import load_coco_records
 from .sim10k import load_sim10k_car
-from .synthetic import SYNTHETIC_CLASSES, ensure_synthetic_pair, load_synthetic
+from .synthetic import ensure_synthetic_pair, load_synthetic
+from .synthetic_render import SYNTHETIC_CLASSES
 from .voc import load_voc_records
 
 __all__ = [

@@ -23,7 +23,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .cityscapes_foggy import CITYSCAPES_THING_CLASSES, FOGGY_BETAS, load_cityscapes_detection
 from .sim10k import load_sim10k_car
-from .synthetic import SYNTHETIC_CLASSES, load_synthetic
+from .synthetic import load_synthetic
+from .synthetic_render import SYNTHETIC_CLASSES
 
 __all__ = [
     "datasets_root",

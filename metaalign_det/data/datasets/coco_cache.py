@@ -14,11 +14,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+
+from ...utils.io import atomic_write_json
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
-    "write_json_atomic",
     "fingerprint_files",
     "cache_dir_for",
     "load_or_build",
@@ -31,21 +31,6 @@ logger = logging.getLogger(__name__)
 
 # Bump when the content of any cache changes meaning (box convention, fields): old caches get rebuilt.
 CACHE_FORMAT_VERSION = 1
-
-
-def write_json_atomic(path, obj):
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def fingerprint_files(paths, base):
@@ -108,7 +93,7 @@ def load_or_build(cache_file, kind, fingerprint, build):
     coco = build()
     coco["metaalign"] = stamp
     try:
-        write_json_atomic(cache_file, coco)
+        atomic_write_json(cache_file, coco, indent=None)  # mode 0644: a shared dataset folder stays readable
     except OSError as e:  # a read-only tree must not stop training: serve the fresh conversion uncached
         logger.warning("could not write annotation cache %s (%s); continuing without it", cache_file, e)
     return coco
@@ -213,8 +198,13 @@ def coco_to_records(coco, image_root, classes, class_map=None, context="dataset"
 
 
 def load_coco_records(json_file, image_root, classes, class_map=None, context=None, check_images=True,
-                      require_same_classes=True):
-    """Read a COCO JSON file and return checked dataset dicts (see :func:`coco_to_records`)."""
+                      require_same_classes=True, allow_images_only=False):
+    """Read a COCO JSON file and return checked dataset dicts (see :func:`coco_to_records`).
+
+    ``allow_images_only``: a file with ``images`` but neither ``annotations`` nor ``categories`` is an
+    unlabelled set (a domain pair's target): its records have no ``annotations`` key, no class check is
+    made, and a missing ``height`` / ``width`` is read from the image header.
+    """
     from .image_files import check_image_files
 
     context = context or json_file
@@ -225,10 +215,24 @@ def load_coco_records(json_file, image_root, classes, class_map=None, context=No
             coco = json.load(f)
     except ValueError as e:
         raise ValueError(f"{context}: {json_file} is not valid JSON ({e})") from None
-    for key in ("images", "categories"):
-        if key not in coco:
-            raise ValueError(f"{context}: {json_file} has no {key!r} list (expected a COCO instances JSON)")
-    records = coco_to_records(coco, image_root, classes, class_map, context, require_same_classes)
+    if not isinstance(coco, dict):
+        raise ValueError(f"{context}: {json_file} holds a {type(coco).__name__}, expected a COCO instances JSON "
+                         f"object with 'images'")
+    images_only = "images" in coco and "annotations" not in coco and "categories" not in coco
+    if images_only and allow_images_only:
+        bad = next((k for k, img in enumerate(coco["images"])
+                    if not isinstance(img, dict) or not isinstance(img.get("file_name"), str)), None)
+        if bad is not None:
+            raise ValueError(f"{context}: {json_file}: images[{bad}] has no 'file_name' string")
+        records = [{"file_name": os.path.join(image_root, img["file_name"]), "image_id": img.get("id", k),
+                    "height": img.get("height"), "width": img.get("width")} for k, img in enumerate(coco["images"])]
+    else:
+        for key in ("images", "categories"):
+            if key not in coco:
+                hint = ("; a file with only 'images' is accepted for a domain pair's target set only"
+                        if images_only else "")
+                raise ValueError(f"{context}: {json_file} has no {key!r} list (expected a COCO instances JSON){hint}")
+        records = coco_to_records(coco, image_root, classes, class_map, context, require_same_classes)
     if not records:
         raise ValueError(f"{context}: {json_file} lists no images (empty split)")
     if check_images:

@@ -1,0 +1,204 @@
+"""Support for the command-line tools (``tools/*.py``, benchmarks): building a config the way every tool does,
+registering the datasets it names (once, here), and bad input turned into one clear line with exit status 2.
+
+This module sits at the top of the package's layers (it may import every subpackage); nothing in
+``metaalign_det`` imports it.
+"""
+import ast
+import difflib
+import os
+import re
+import sys
+from typing import Iterable, List, Sequence
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .config import add_metaalign_config
+
+__all__ = [
+    "setup_cfg",
+    "register_config_datasets",
+    "ToolError",
+    "fail",
+    "load_config",
+    "split_config_overrides",
+    "register_coco_json",
+    "check_datasets",
+    "load_dataset_dicts",
+]
+
+_FLOAT_INT_MISMATCH = re.compile(
+    r"Type mismatch \(<class 'float'> vs\. <class 'int'>\) with values \((.*) vs\. (.*)\) for config key: (\S+)"
+)
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # MODEL.WEIGHTS, TEST.AP_METRIC, ...
+
+
+def setup_cfg(config_file, opts=(), freeze=True):
+    """detectron2 defaults + this project's keys + ``config_file`` (with ``_BASE_``) + ``KEY VALUE`` overrides;
+    then registers the domain-pair manifests it names (DATASETS.PAIR_MANIFESTS).
+
+    A float key given an integer on the command line (``META.INNER_LR_SCALE 10``) takes it as a float.
+
+    Errors: a missing config file, an unknown key or a value of the wrong type -> FileNotFoundError /
+    KeyError / ValueError with one line naming it.
+    """
+    cfg = get_cfg()
+    add_metaalign_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"--config-file {config_file}: no such file")
+        try:
+            cfg.merge_from_file(config_file)
+        except ValueError as e:
+            m = _FLOAT_INT_MISMATCH.search(str(e))
+            if m:
+                raise ValueError(f"{config_file}: {m.group(3)} is a float key: write {m.group(2)}.0, not "
+                                 f"{m.group(2)}") from None
+            raise ValueError(f"{config_file}: {e}") from None
+    if opts:
+        if len(opts) % 2:
+            raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd list: {list(opts)}")
+        try:
+            cfg.merge_from_list(_ints_for_float_keys(cfg, opts))
+        except (KeyError, AssertionError) as e:
+            raise KeyError(f"config override {list(opts)}: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"config override {list(opts)}: {e}") from None
+    if freeze:
+        cfg.freeze()
+    register_config_datasets(cfg)
+    return cfg
+
+
+def _ints_for_float_keys(cfg, opts):
+    """``opts`` with every integer value of a float-typed key written as a float (yacs refuses int -> float)."""
+    out = list(opts)
+    for i in range(0, len(out), 2):
+        node = cfg
+        try:
+            for part in str(out[i]).split("."):
+                node = node[part]
+        except (KeyError, TypeError):
+            continue  # unknown key: merge_from_list names it
+        if not isinstance(node, float):
+            continue
+        value = out[i + 1]
+        if isinstance(value, str):
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                continue  # not a number: yacs reports the mismatch
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[i + 1] = repr(float(value)) if isinstance(out[i + 1], str) else float(value)
+    return out
+
+
+def register_config_datasets(cfg) -> List[str]:
+    """Register the config's DATASETS.PAIR_MANIFESTS (the builtin names are registered by importing
+    ``metaalign_det.data``, which reads no file); returns the registered names.
+
+    The one place that does it: :func:`setup_cfg` calls it, and so does a process that receives an already
+    built config (a ``launch`` worker). Registering the same manifests again is a no-op
+    (:func:`metaalign_det.data.register_pair_manifests` is idempotent).
+    """
+    from .data import register_pair_manifests
+
+    manifests = list(cfg.DATASETS.get("PAIR_MANIFESTS", ()))
+    return register_pair_manifests(manifests) if manifests else []
+
+
+class ToolError(Exception):
+    """Bad user input; the tools print it as one line and exit with status 2."""
+
+
+def fail(tool: str, error: Exception, code: int = 2):
+    """Print ``<tool>: error: <message>`` on stderr, as one line, and exit with ``code``."""
+    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    print(f"{tool}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()):
+    """The training tools' config (:func:`setup_cfg`, not frozen; manifests registered), with every failure
+    turned into one ToolError line."""
+    try:
+        return setup_cfg(config_file, list(opts), freeze=False)
+    except FileNotFoundError as e:
+        raise ToolError(str(e)) from e
+    except Exception as e:  # yacs / YAML / manifest errors name the key; keep them on one line
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ToolError(f"cannot merge {config_file} {' '.join(opts)}: {type(e).__name__}: {msg}".strip()) from e
+
+
+def split_config_overrides(values: Sequence[str], opts: Sequence[str]):
+    """A list option (``nargs="+"``) swallows the trailing ``KEY VALUE`` overrides; give them back.
+
+    Everything from the first config-key-looking token (upper-case dotted, e.g. ``MODEL.DEVICE``) on is
+    moved to the front of ``opts``. Returns (values, opts).
+    """
+    values = list(values or [])
+    for i, v in enumerate(values):
+        if _CONFIG_KEY.match(v):
+            return values[:i], values[i:] + list(opts)
+    return values, list(opts)
+
+
+def _load_coco_json_checked(name: str, json_file: str, image_root: str):
+    """detectron2's ``load_coco_json`` with a bad file turned into one ValueError naming it."""
+    from detectron2.data.datasets import load_coco_json
+
+    try:
+        return load_coco_json(json_file, image_root, name)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated / non-COCO JSON: json, pycocotools and detectron2 raise all kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{json_file} is not a readable COCO instances JSON ({type(e).__name__}: {first})") \
+            from None
+
+
+def register_coco_json(specs: Iterable[str]) -> List[str]:
+    """Register ``NAME=JSON:IMAGE_ROOT`` datasets the way detectron2's ``register_coco_instances`` does (its
+    loader and metadata), with a bad JSON file reported as one line naming it."""
+    names = []
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        json_file, sep2, image_root = rest.partition(":")
+        if not (sep and sep2 and name and json_file):
+            raise ToolError(f"--coco-json {spec!r}: expected NAME=JSON:IMAGE_ROOT")
+        if not os.path.isfile(json_file):
+            raise ToolError(f"--coco-json {spec!r}: JSON file {json_file} not found")
+        if name in DatasetCatalog.list():
+            raise ToolError(f"--coco-json {spec!r}: dataset name '{name}' is already registered")
+        DatasetCatalog.register(name, lambda n=name, j=json_file, r=image_root: _load_coco_json_checked(n, j, r))
+        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+        names.append(name)
+    return names
+
+
+def check_datasets(names: Sequence[str]) -> None:
+    """Every name must be registered; else one line with the closest registered names."""
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            close = difflib.get_close_matches(name, registered, n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ToolError(
+                f"unknown dataset '{name}' (not registered{hint}); register it with --coco-json "
+                f"NAME=JSON:IMAGE_ROOT or DATASETS.PAIR_MANIFESTS"
+            )
+
+
+def load_dataset_dicts(name: str) -> List[dict]:
+    """``DatasetCatalog.get(name)`` for a tool: a registered name whose files cannot be read, or that lists no
+    image, is one ToolError line naming the dataset (and the loader's reason)."""
+    check_datasets([name])
+    try:
+        dicts = DatasetCatalog.get(name)
+    except Exception as e:  # loaders raise FileNotFoundError / ValueError / ...; keep the first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ToolError(f"dataset '{name}': {first}") from e
+    if not dicts:
+        raise ToolError(f"dataset '{name}' has no images (empty split)")
+    return dicts

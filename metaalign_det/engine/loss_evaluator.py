@@ -1,0 +1,85 @@
+"""``LossEvaluator``: the adapter between a detector and the meta step -- it evaluates the model's detection and
+alignment losses at given parameter values, as the loss callables :func:`metaalign_det.meta.meta_align_grads`
+takes."""
+import contextlib
+from typing import Dict
+
+import torch
+
+__all__ = ["LossEvaluator"]
+
+
+class LossEvaluator:
+    """Evaluates the model's detection and alignment losses at parameter values ``p``.
+
+    * ``functional_call`` substitutes ``p`` for the module's trainable parameters (buffers and frozen
+      parameters stay the module's own).
+    * One forward serves both groups when both are asked for at the same ``p`` (the joint step): the result is
+      kept until each group has been read once, then dropped (its graph is freed by the backward).
+    * Every evaluation within a step runs under the same RNG seed (``seed``, one per step and process), so
+      θ, θ' and θ ± εv see the same ROI sampling and dropout masks -- required for a meaningful
+      finite-difference Hessian product. The seed is a function of the iteration, so a resumed run draws
+      what the uninterrupted run drew, whatever else (data loader start-up) used the global RNG meanwhile;
+      the global RNG stream is left untouched.
+    * The detection group alone is evaluated on the source batch only (the target batch has no labels and
+      contributes nothing to it).
+
+    Attributes:
+        logged: the first value seen of every loss in this step (detached), for metrics.
+        metrics: ``da/*`` discriminator accuracies of the first forward with a target batch (detached 0-d
+            tensors, see ``DomainAdaptiveRCNN.last_alignment_metrics``); empty without alignment.
+    """
+
+    def __init__(self, model, source, target, autocast_ctx=contextlib.nullcontext, seed=0):
+        self.model, self.source, self.target = model, source, target
+        self.autocast_ctx = autocast_ctx
+        self.split = getattr(model, "split_losses", None)
+        self._cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self.seed = int(seed)
+        self._memo = None
+        self.logged: Dict[str, torch.Tensor] = {}
+        self.metrics: Dict[str, torch.Tensor] = {}
+
+    def _forward(self, p, with_target):
+        devices = list(range(torch.cuda.device_count())) if self._cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)  # all devices
+            with self.autocast_ctx():
+                if self.split is None:  # plain GeneralizedRCNN: source-only detection
+                    out = torch.func.functional_call(self.model, p, (self.source,))
+                    det, align = out, {}
+                else:
+                    tgt = self.target if with_target else None
+                    out = torch.func.functional_call(self.model, p, (self.source, tgt))
+                    det, align = self.split(out)
+        for k, v in {**det, **align}.items():
+            self.logged.setdefault(k, v.detach())
+        if with_target:
+            # discriminator accuracies of the first forward with a target batch in this step
+            for k, v in getattr(self.model, "last_alignment_metrics", {}).items():
+                self.metrics.setdefault(f"da/{k}", v)
+        return det, align
+
+    def _get(self, p, part):
+        memo = self._memo
+        if memo is not None and memo["p"] is p and part not in memo["taken"]:
+            memo["taken"].add(part)
+            return memo[part]
+        det, align = self._forward(p, with_target=(part == "align"))
+        self._memo = {"p": p, "det": det, "align": align, "taken": {part}}
+        return self._memo[part]
+
+    @staticmethod
+    def _total(losses, like):
+        if not losses:
+            return torch.zeros((), device=like.device)
+        # half-precision losses (autocast) are summed in fp32; fp32/fp64 ones keep their dtype
+        return sum(v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for v in losses.values())
+
+    def align_loss(self, p):
+        ref = next(iter(p.values()))
+        return self._total(self._get(p, "align"), ref)
+
+    def det_loss(self, p):
+        ref = next(iter(p.values()))
+        return self._total(self._get(p, "det"), ref)

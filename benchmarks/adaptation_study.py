@@ -361,7 +361,8 @@ def summarize(study, recs):
         lines += [f"**Base detector** (R18-FPN source-only from random init, lr {base['lr']}, "
                   f"{base['iterations']} iterations; source-val AP50 by iteration: {curve}): target test AP50 "
                   f"{base['ap'][TEST]['mAP']:.1f}, target dev {base['ap'][DEV]['mAP']:.1f}, source val "
-                  f"{base['ap'][SOURCE_VAL]['mAP']:.1f}; PAD locations {base['pad']['pad'].get('locations', float('nan')):.2f}, "
+                  f"{base['ap'][SOURCE_VAL]['mAP']:.1f}; "
+                  f"PAD locations {base['pad']['pad'].get('locations', float('nan')):.2f}, "
                   f"ROI {base['pad']['pad'].get('roi', float('nan')):.2f}.", ""]
     if alpha is not None:
         dev = {x: statistics.fmean(recs[f"metaalign_fo_a{x}"][s]["ap"][DEV]["mAP"] for s in a.sweep_seeds)
@@ -442,6 +443,13 @@ ROW_ORDER = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x 
     ["metaalign_fo_align_first", "metaalign_so"] + list(TEACHER_ROWS) + ["oracle"]
 
 
+SHORT_LABELS = {
+    "source_only": "source-only", "da_img": "DA img only", "da_joint": "DA joint",
+    **{f"metaalign_fo_a{a}": f"MetaAlign 1st, α={a}×lr" for a in ALPHAS},
+    "metaalign_fo_align_first": "MetaAlign 1st, align_first", "metaalign_so": "MetaAlign 2nd", "oracle": "oracle",
+}
+
+
 def plot_study(recs, png, split=TEST):
     """Per-seed target AP50 of every row (one line per seed joins its runs: the pairing), mean and 95% CI."""
     import matplotlib
@@ -451,20 +459,26 @@ def plot_study(recs, png, split=TEST):
 
     rows = [r for r in ROW_ORDER if recs.get(r)]
     seeds = sorted({s for r in rows for s in recs[r]})
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows)), 4.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(rows)), 4.4), dpi=100)
     cmap = plt.get_cmap("tab10")
+    lo = 100.0
     for k, seed in enumerate(seeds):
-        xs = [i for i, r in enumerate(rows) if seed in recs[r]]
-        ys = [recs[rows[i]][seed]["ap"][split]["mAP"] for i in xs]
-        ax.plot(xs, ys, "-o", color=cmap(k % 10), alpha=0.45, lw=0.9, ms=3, label=f"seed {seed}")
+        # NaN where a row lacks this seed: the line breaks instead of joining non-adjacent rows
+        ys = [recs[r][seed]["ap"][split]["mAP"] if seed in recs[r] else float("nan") for r in rows]
+        lo = min([lo] + [y for y in ys if y == y])
+        ax.plot(range(len(rows)), ys, "-o", color=cmap(k % 10), alpha=0.45, lw=0.9, ms=3, label=f"seed {seed}")
     for i, r in enumerate(rows):
         c = mean_ci([recs[r][s]["ap"][split]["mAP"] for s in sorted(recs[r])])
-        err = 0.0 if c["half_width"] is None else c["half_width"]
-        ax.errorbar([i + 0.12], [c["mean"]], yerr=[err], fmt="s", color="k", ms=5, capsize=4, lw=1.5)
+        if c["half_width"] is None or len(recs[r]) < 3:  # no interval worth drawing from fewer than 3 seeds
+            ax.plot([i + 0.12], [c["mean"]], "s", mfc="none", color="k", ms=5)
+        else:
+            ax.errorbar([i + 0.12], [c["mean"]], yerr=[c["half_width"]], fmt="s", color="k", ms=5, capsize=4, lw=1.5)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([ROWS[r][2].replace(", ", ",\n", 1) for r in rows], fontsize=7, rotation=0)
+    ax.set_xticklabels([SHORT_LABELS.get(r, r) for r in rows], fontsize=7, rotation=25, ha="right")
+    ax.set_ylim(max(0.0, lo - 8.0), 100.0)
     ax.set_ylabel(f"AP50 on {split}")
-    ax.set_title("Target AP50 per seed (lines join one seed's runs) and mean ± 95% CI (black)", fontsize=9)
+    ax.set_title("Target AP50 per seed (lines join one seed's runs), mean ± 95% CI (black; hollow: < 3 seeds)",
+                 fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=len(seeds), loc="lower right")
     fig.tight_layout()

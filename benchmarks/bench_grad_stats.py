@@ -25,6 +25,7 @@ from detectron2.modeling import build_model
 
 from metaalign_det.meta import grad_stats as grad_stats_mod
 
+
 def loop(g1, g2):
     """The step's own helpers: isfinite(g1), the grad_cos terms, isfinite of the result (here g1)."""
     ok = grad_stats_mod._all_finite(g1)

@@ -81,7 +81,8 @@ def main():
                     times[n].append(time.perf_counter() - t0)
             storage.step()
     med = {n: statistics.median(v) * 1000 for n, v in times.items()}
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} thread(s))"
+    threads = torch.get_num_threads()
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({threads} thread(s))"
     lines = [f"Step time on {dev}, torch {torch.__version__}, the demo configs (R18-FPN, 128x256, 2 source + 2 target "
              f"images, random init, {args.pseudo} pseudo-labels per target image), median of {args.steps} steps "
              f"after {args.warmup} warm-up, rows interleaved", "",

@@ -30,6 +30,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import metaalign_det  # noqa: E402,F401  (compat first; registers models and datasets)
+
+# isort: split
 import torch  # noqa: E402
 from detectron2.data import DatasetMapper  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402

@@ -17,6 +17,8 @@ import logging
 import os
 
 import metaalign_det  # noqa: F401  (compat first; registers the project's models and datasets)
+
+# isort: split
 from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import launch
 from detectron2.evaluation import inference_on_dataset

@@ -19,12 +19,13 @@ import logging
 import os
 
 import metaalign_det  # noqa: F401  (compat first; registers the project's models and datasets)
+
+# isort: split
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
-from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights
 from metaalign_det.cli import (
     ToolError,
     fail,
@@ -33,6 +34,7 @@ from metaalign_det.cli import (
     register_coco_json,
     split_config_overrides,
 )
+from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights
 from metaalign_det.utils.plots import load_metrics, plot_training_curves
 from metaalign_det.utils.visualization import (
     draw_ground_truth,

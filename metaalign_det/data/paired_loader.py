@@ -16,8 +16,9 @@ with images of one aspect ratio; with grouping the batches are re-formed from th
 """
 import itertools
 import logging
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetCatalog,
     DatasetMapper,
@@ -47,7 +48,7 @@ class ResumableTrainingSampler(TrainingSampler):
     ``skip`` counts indices of the global stream (all processes), i.e. ``start_iter * total_batch_size``.
     """
 
-    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None, skip: int = 0):
+    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None, skip: int = 0) -> None:
         super().__init__(size, shuffle=shuffle, seed=seed)
         self._skip = int(skip)
 
@@ -55,13 +56,13 @@ class ResumableTrainingSampler(TrainingSampler):
     def seed(self) -> int:
         return self._seed
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         yield from itertools.islice(
             self._infinite_indices(), self._skip + self._rank, None, self._world_size
         )
 
 
-def check_dataset_names(key: str, names) -> None:
+def check_dataset_names(key: str, names: Sequence[str]) -> None:
     """Raise one clear ValueError if ``names`` (value of cfg ``key``) is empty or has unregistered names."""
     if not names:
         raise ValueError(f"{key} is empty: name at least one registered dataset")
@@ -85,7 +86,7 @@ def _classes(names) -> Optional[List[str]]:
     return classes
 
 
-def check_class_lists(cfg) -> None:
+def check_class_lists(cfg: CfgNode) -> None:
     """Source and target must declare the same classes (when both declare them), and match NUM_CLASSES."""
     src = _classes(cfg.DATASETS.TRAIN)
     tgt = _classes(cfg.DATASETS.TRAIN_TARGET) if cfg.DATASETS.TRAIN_TARGET else None
@@ -111,7 +112,7 @@ def _has_box(record) -> bool:
     return any(not a.get("iscrowd", 0) for a in record.get("annotations", ()))
 
 
-def labelled_source_dicts(cfg) -> List[dict]:
+def labelled_source_dicts(cfg: CfgNode) -> List[dict]:
     """The DATASETS.TRAIN records, without the images that have no (non-crowd) box when
     DATALOADER.FILTER_EMPTY_ANNOTATIONS is set (as detectron2 filters them).
 
@@ -165,7 +166,8 @@ class PairedDataLoader:
             checkpoints them so a resumed run rebuilds the same streams.
     """
 
-    def __init__(self, source, target, seeds):
+    def __init__(self, source: Iterable[list], target: Optional[Iterable[list]],
+                 seeds: Dict[str, Optional[int]]) -> None:
         self.source, self.target, self.seeds = source, target, seeds
 
     def __iter__(self) -> Iterator[Tuple[list, Optional[list]]]:
@@ -178,8 +180,13 @@ class PairedDataLoader:
             yield from zip(self.source, self.target)
 
 
-def build_paired_train_loader(cfg, start_iter: int = 0, seeds: Optional[dict] = None, mapper=None,
-                              target_mapper=None):
+def build_paired_train_loader(
+    cfg: CfgNode,
+    start_iter: int = 0,
+    seeds: Optional[Dict[str, Optional[int]]] = None,
+    mapper: Optional[Callable[[dict], dict]] = None,
+    target_mapper: Optional[Callable[[dict], dict]] = None,
+) -> PairedDataLoader:
     """Build the paired loader for ``cfg``.
 
     Args:

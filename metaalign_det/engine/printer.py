@@ -29,7 +29,7 @@ class TrainingMetricPrinter(EventWriter):
         window_size: median window for the printed values, in logged values.
     """
 
-    def __init__(self, max_iter: Optional[int] = None, window_size: int = 20):
+    def __init__(self, max_iter: Optional[int] = None, window_size: int = 20) -> None:
         self.logger = logging.getLogger("metaalign_det.train")
         self._max_iter = max_iter
         self._window_size = window_size
@@ -59,7 +59,7 @@ class TrainingMetricPrinter(EventWriter):
         storage.put_scalar("eta_seconds", seconds, smoothing_hint=False)
         return f"eta: {datetime.timedelta(seconds=int(seconds))}  "
 
-    def write(self):
+    def write(self) -> None:
         storage = get_event_storage()
         iteration = storage.iter
         if iteration == self._max_iter:  # training finished: nothing new to report

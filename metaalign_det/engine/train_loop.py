@@ -15,10 +15,11 @@ import contextlib
 import logging
 import math
 import time
-from typing import Dict, Optional
+from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
@@ -38,8 +39,9 @@ _ORDER = {"none": "none", "first_order": "first", "second_order": "second"}
 class MetaAlignStepOptions:
     """The META.* settings the step needs, validated once (one clear error per bad key)."""
 
-    def __init__(self, mode="none", direction="align_first", inner_lr_scale=10.0, params=(),
-                 hvp="auto", fd_eps=1e-3, joint_grad_cos_period=20):
+    def __init__(self, mode: str = "none", direction: str = "align_first", inner_lr_scale: float = 10.0,
+                 params: Sequence[str] = (), hvp: str = "auto", fd_eps: float = 1e-3,
+                 joint_grad_cos_period: int = 20) -> None:
         if mode not in _ORDER:
             raise ValueError(f"META.MODE must be one of {sorted(_ORDER)}, got {mode!r}")
         if direction not in ("align_first", "det_first", "alternate"):
@@ -57,7 +59,7 @@ class MetaAlignStepOptions:
         self.joint_grad_cos_period = int(joint_grad_cos_period)
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: CfgNode) -> "MetaAlignStepOptions":
         m = cfg.META
         return cls(m.MODE, m.DIRECTION, m.INNER_LR_SCALE, m.PARAMS, m.HVP, m.FD_EPS,
                    m.JOINT_GRAD_COS_PERIOD)
@@ -74,8 +76,8 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
 
     max_weight_norm_growth: Optional[float] = 10.0
 
-    def __init__(self, model, data_loader, optimizer, options: Optional[MetaAlignStepOptions] = None,
-                 seed: Optional[int] = None):
+    def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                 options: Optional[MetaAlignStepOptions] = None, seed: Optional[int] = None) -> None:
         # Not super(): in the AMP subclass the MRO's next class is AMPTrainer (see compat.init_step_trainer);
         # MetaAlignAMPTrainer builds its own GradScaler.
         compat.init_step_trainer(self, model, data_loader, optimizer)
@@ -91,7 +93,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         self.seed_base = int(seed) if seed is not None and seed >= 0 else comm.shared_random_seed()
 
     # -- pieces -------------------------------------------------------------------------------------
-    def autocast_context(self):
+    def autocast_context(self) -> ContextManager[Any]:
         return contextlib.nullcontext()
 
     def loss_scale(self) -> float:
@@ -104,11 +106,13 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def build_loss_evaluator(self, source, target):
+    def build_loss_evaluator(self, source: List[dict], target: Optional[List[dict]]) -> LossEvaluator:
         """This step's LossEvaluator (a subclass may add detection losses: engine/teacher.py)."""
         return LossEvaluator(self.model, source, target, self.autocast_context, self.step_seed())
 
-    def compute_gradients(self, source, target):
+    def compute_gradients(
+        self, source: List[dict], target: Optional[List[dict]]
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, torch.Tensor]]:
         """Return (grads: name -> tensor, stats: dict of floats, losses: name -> detached scalar)."""
         opt = self.options
         evaluator = self.build_loss_evaluator(source, target)
@@ -137,7 +141,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         stats.update(evaluator.metrics)  # "da/*" keys: written under their own names
         return grads, stats, evaluator.logged
 
-    def assign_gradients(self, grads, stats):
+    def assign_gradients(self, grads: Dict[str, torch.Tensor], stats: Dict[str, Any]) -> None:
         """One coalesced all-reduce of the final gradients, then ``p.grad`` (scaled for the GradScaler).
 
         Under several processes ``stats["finite"]`` is re-read from the *reduced* gradients, so that every
@@ -158,7 +162,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             g = g.to(p.dtype)
             p.grad = g * scale if scale != 1.0 else g
 
-    def check_finite(self, stats, losses):
+    def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor]) -> None:
         if not stats.get("finite", True):
             raise FloatingPointError(
                 f"non-finite MetaAlign gradient at iteration {self.iter} (META.MODE={self.options.mode}, "
@@ -166,7 +170,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
                 f"the update; the last checkpoint is intact. Lower SOLVER.BASE_LR or META.INNER_LR_SCALE."
             )
 
-    def optimizer_step(self):
+    def optimizer_step(self) -> None:
         self.optimizer.step()
 
     def weight_norm(self) -> float:
@@ -178,7 +182,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
         return float(torch.linalg.vector_norm(torch.stack(norms)))
 
-    def check_update(self, norm_before: float, norm_after: float):
+    def check_update(self, norm_before: float, norm_after: float) -> None:
         """Stop (before this iteration's checkpoint hook runs) when the update diverged: non-finite weights,
         or a norm that one step multiplied by more than ``max_weight_norm_growth``."""
         growth = self.max_weight_norm_growth
@@ -195,7 +199,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             f"last checkpoint is intact. Lower SOLVER.BASE_LR (in the meta modes also META.INNER_LR_SCALE)."
         )
 
-    def write_step_metrics(self, losses, stats, data_time):
+    def write_step_metrics(self, losses: Dict[str, torch.Tensor], stats: Dict[str, Any], data_time: float) -> None:
         """Like SimpleTrainer.write_metrics (one gather), plus the meta/* series."""
         metrics = {k: float(v) for k, v in losses.items()}
         # numbers only (order/direction/hvp are strings), and no NaN: grad_cos is undefined on steps that
@@ -228,7 +232,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             storage.put_scalars(**meta_means, smoothing_hint=False)
 
     # -- the step -----------------------------------------------------------------------------------
-    def run_step(self):
+    def run_step(self) -> None:
         assert self.model.training, "[MetaAlignTrainer] model was changed to eval mode!"
         start = time.perf_counter()
         source, target = compat.next_batch(self)
@@ -246,8 +250,9 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         # (finite gradients, too large a step) must stop here. Identical on every process (same weights).
         self.check_update(norm_before, self.weight_norm())
 
-    # -- checkpointed state: RNG streams, so that kill-and-resume reproduces the uninterrupted run ------
-    def state_dict(self):
+    # -- checkpointed state: the step seed and the global RNG streams (restored for one process only), so
+    # that kill-and-resume reproduces the uninterrupted run; conditions: docs/training.md ----------------
+    def state_dict(self) -> dict:
         ret = super().state_dict()
         ret["step_seed_base"] = self.seed_base
         ret["rng"] = {
@@ -257,7 +262,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         }
         return ret
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self.seed_base = int(state_dict.get("step_seed_base", self.seed_base))
         rng = state_dict.get("rng")
@@ -290,8 +295,9 @@ class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
     scale.
     """
 
-    def __init__(self, model, data_loader, optimizer, options=None, seed=None, dtype="float16",
-                 device_type=None):
+    def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                 options: Optional[MetaAlignStepOptions] = None, seed: Optional[int] = None, dtype: str = "float16",
+                 device_type: Optional[str] = None) -> None:
         if dtype not in _AMP_DTYPES:
             raise ValueError(f"SOLVER.AMP.DTYPE must be 'float16' or 'bfloat16', got {dtype!r}")
         self.amp_dtype = _AMP_DTYPES[dtype]
@@ -302,18 +308,18 @@ class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
         MetaAlignSimpleTrainer.__init__(self, model, data_loader, optimizer, options, seed)
         self.grad_scaler = scaler
 
-    def autocast_context(self):
+    def autocast_context(self) -> ContextManager[Any]:
         return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
-    def loss_scale(self):
+    def loss_scale(self) -> float:
         return float(self.grad_scaler.get_scale()) if self.grad_scaler.is_enabled() else 1.0
 
-    def check_finite(self, stats, losses):
+    def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor]) -> None:
         if not self.grad_scaler.is_enabled():
             super().check_finite(stats, losses)
         # fp16: the GradScaler sees the inf/NaN in step(), skips the update and lowers the scale.
 
-    def optimizer_step(self):
+    def optimizer_step(self) -> None:
         if self.grad_scaler.is_enabled():
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()

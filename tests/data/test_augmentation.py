@@ -6,6 +6,8 @@ import torch
 from PIL import Image
 
 import metaalign_det  # noqa: F401  (compat before detectron2)
+
+# isort: split
 import detectron2.data.transforms as T
 from detectron2.data import DatasetMapper
 from detectron2.structures import BoxMode

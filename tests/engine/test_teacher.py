@@ -124,9 +124,11 @@ def test_pseudo_loss_weight_zero_is_the_run_without_teacher(tmp_path):
     base = ["MODEL.EMA.ENABLED", "True", "INPUT.STRONG_AUG.SOURCE", "strong", "SOLVER.MAX_ITER", "1",
             "META.JOINT_GRAD_COS_PERIOD", "0", "META.MODE", "first_order"]
     runs = {}
-    for name, extra in {"plain": [], "w0": ["TEACHER.ENABLED", "True", "TEACHER.LOSS_WEIGHT", "0.0",
-                                            "INPUT.STRONG_AUG.TARGET", "True", *LABEL_EVERYTHING],
-                        "w1": ["TEACHER.ENABLED", "True", "INPUT.STRONG_AUG.TARGET", "True", *LABEL_EVERYTHING]}.items():
+    variants = {"plain": [],
+                "w0": ["TEACHER.ENABLED", "True", "TEACHER.LOSS_WEIGHT", "0.0", "INPUT.STRONG_AUG.TARGET", "True",
+                       *LABEL_EVERYTHING],
+                "w1": ["TEACHER.ENABLED", "True", "INPUT.STRONG_AUG.TARGET", "True", *LABEL_EVERYTHING]}
+    for name, extra in variants.items():
         runs[name] = train(quick_cfg(tmp_path / "data", tmp_path / name, *base, *extra)).model.state_dict()
     assert all(torch.equal(runs["plain"][k], v) for k, v in runs["w0"].items())
     assert any(not torch.equal(runs["plain"][k], v) for k, v in runs["w1"].items())

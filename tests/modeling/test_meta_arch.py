@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import metaalign_det  # noqa: F401  (compat before detectron2)
+
+# isort: split
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -16,7 +18,6 @@ from metaalign_det.modeling.meta_arch import (
     split_losses,
     strip_da_heads,
 )
-
 from tests.helpers.configs import enable_da, make_image_input, make_inputs, tiny_c4_cfg, tiny_fpn_cfg, tiny_vgg_cfg
 
 DET_KEYS = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}

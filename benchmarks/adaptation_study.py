@@ -447,6 +447,8 @@ SHORT_LABELS = {
     "source_only": "source-only", "da_img": "DA img only", "da_joint": "DA joint",
     **{f"metaalign_fo_a{a}": f"MetaAlign 1st, α={a}×lr" for a in ALPHAS},
     "metaalign_fo_align_first": "MetaAlign 1st, align_first", "metaalign_so": "MetaAlign 2nd", "oracle": "oracle",
+    "fair_source_only": "fair source-only", "teacher": "mean teacher", "teacher_align": "teacher + DA joint",
+    "teacher_metaalign_fo": "teacher + MetaAlign 1st",
 }
 
 

@@ -3,6 +3,7 @@
 
     python benchmarks/adaptation_study.py --docs          # everything below (make adaptation-study)
     python benchmarks/adaptation_study.py --stage core    # only the core rows x 5 seeds
+    python benchmarks/adaptation_study.py --stage teacher # the teacher-student rows x 5 seeds (after the sweep)
     python benchmarks/adaptation_study.py --summary-only  # rebuild the table from the result JSONs
 
 Protocol (every number is produced by the project's own tools, one process per run):
@@ -16,6 +17,10 @@ Protocol (every number is produced by the project's own tools, one process per r
    80%): source-only (trained on), DA image-level only, DA img + ins + cst (``DA joint``), MetaAlign first order
    (``alternate``; α ∈ {1, 10, 100} × lr and ``align_first``), MetaAlign second order, oracle (labelled target
    train). A seed fixes the source/target data order and the heads' init in every row (paired design).
+   Teacher-student rows (docs/teacher.md; EMA decay 0.99, evaluated through the EMA, no burn-in -- the base
+   detector is the source-only start): fair source-only (strong source views + EMA, ALDI), mean teacher,
+   mean teacher + DA joint alignment, mean teacher + MetaAlign first order (``alternate``, the chosen α); with
+   the same seeds, intervals and paired differences, also to the fair source-only row.
 3. **Choices without the reported split**: the headline MetaAlign α is the one with the best mean AP50 on the
    labelled target *dev* split (``synthetic_foggy_dev``, 200 scenes of its own) over the sweep's seeds; the
    reported split is ``synthetic_foggy_test`` (400 scenes, never used for a choice).
@@ -68,6 +73,13 @@ ROWS = {
     "metaalign_so": ("metaalign_R18_FPN.yaml", ["META.MODE", "second_order"],
                      "MetaAlign 2nd order, alternate, chosen α"),
     "oracle": ("oracle_R18_FPN.yaml", [], "oracle (labelled target train)"),
+    # teacher-student rows: the base detector is the burn-in (TEACHER.BURN_IN_ITERS 0)
+    "fair_source_only": ("fair_source_only_R18_FPN.yaml", [], "fair source-only (strong aug + EMA)"),
+    "teacher": ("teacher_R18_FPN.yaml", ["TEACHER.BURN_IN_ITERS", "0"], "mean teacher"),
+    "teacher_align": ("teacher_align_R18_FPN.yaml", ["TEACHER.BURN_IN_ITERS", "0"],
+                      "mean teacher + DA joint alignment"),
+    "teacher_metaalign_fo": ("teacher_metaalign_R18_FPN.yaml", ["TEACHER.BURN_IN_ITERS", "0"],
+                             "mean teacher + MetaAlign 1st order, alternate, chosen α"),
 }
 # The dev-split search over the alignment strength (DA joint, sweep seeds): the gradient-reversal weight of both
 # discriminators (how hard the features are pushed; the discriminators themselves learn at full rate) and the
@@ -82,8 +94,10 @@ for _name, (_ov, _label) in SEARCH.items():
     ROWS[_name] = ("da_joint_R18_FPN.yaml", _ov, f"DA joint, {_label}")
     ROWS["metaalign_fo_" + _name[len("da_joint_"):]] = (
         "metaalign_R18_FPN.yaml", _ov, f"MetaAlign 1st order, alternate, chosen α, {_label}")
-FOLLOW_ALPHA = ("metaalign_fo_align_first", "metaalign_so") + tuple(
+FOLLOW_ALPHA = ("metaalign_fo_align_first", "metaalign_so", "teacher_metaalign_fo") + tuple(
     "metaalign_fo_" + n[len("da_joint_"):] for n in SEARCH)
+TEACHER_ROWS = ("fair_source_only", "teacher", "teacher_align", "teacher_metaalign_fo")
+EMA_ROWS = TEACHER_ROWS  # evaluated (and PAD-measured) through the EMA weights
 CORE = ("source_only", "da_joint", "oracle")  # + the MetaAlign first-order row at the chosen α
 _print_lock = threading.Lock()
 
@@ -129,8 +143,13 @@ def _train_log_stats(out):
         for k, v in by_iter[it].items():
             if k.startswith("da/"):
                 last[k] = v
+    teacher = {}  # mean over the run of each logged teacher/* monitoring series
+    for k in ("teacher/pseudo_per_image", "teacher/pseudo_precision", "teacher/pseudo_recall", "teacher/agreement"):
+        vals = [r[k] for r in by_iter.values() if isinstance(r.get(k), (int, float))]
+        if vals:
+            teacher[k] = statistics.fmean(vals)
     return {"grad_cos_mean": statistics.fmean(cos) if cos else None, "grad_cos_count": len(cos),
-            "da_acc_last": last or None}
+            "da_acc_last": last or None, "teacher_mean": teacher or None}
 
 
 class Study:
@@ -213,10 +232,12 @@ class Study:
         return {name: {"mAP": r["mAP"], "classes": {c["name"]: c["ap"] for c in r["classes"]}}
                 for name, r in d.items()}
 
-    def _pad(self, weights, path, threads):
+    def _pad(self, weights, path, threads, ema=False):
         cmd = [sys.executable, os.path.join(ROOT, "tools", "analyze_alignment.py"), "--config-file",
                os.path.join(DEMO, "da_joint_R18_FPN.yaml"), "--weights", weights, "--source-dataset", PAD_SOURCE,
                "--target-dataset", PAD_TARGET, "--max-images", str(self.args.pad_images), "--output", path]
+        if ema:  # the evaluated model of an EMA row is the checkpoint's "ema" entry
+            cmd += ["MODEL.EMA.ENABLED", "True"]
         if _run_logged(cmd, path + ".log", threads) != 0:
             raise SystemExit(f"[study] analyze_alignment on {weights} failed; see {path}.log")
         with open(path) as f:
@@ -259,7 +280,8 @@ class Study:
         if rc != 0 or not all(os.path.exists(p) for p in results.values()):
             raise RuntimeError(f"{row} seed {seed} failed (exit {rc}); see {out}/run.log")
         train_s = time.perf_counter() - t0
-        pad = self._pad(os.path.join(out, "model_final.pth"), os.path.join(out, "pad.json"), threads)
+        pad = self._pad(os.path.join(out, "model_final.pth"), os.path.join(out, "pad.json"), threads,
+                        ema=row in EMA_ROWS)
         rec = {"row": row, "seed": seed, "config": f"configs/demo/{config}", "overrides": extra,
                "schedule": {"iters": a.iters, "lr": a.lr, "warmup": max(1, a.iters // 10),
                             "decay_at": int(a.iters * 0.8), "batch": "2 source + 2 target"},
@@ -361,6 +383,7 @@ def summarize(study, recs):
             base = json.load(f)
     test = {row: {s: r["ap"][TEST]["mAP"] for s, r in runs.items()} for row, runs in recs.items()}
     so, da, oracle = test.get("source_only", {}), test.get("da_joint", {}), test.get("oracle", {})
+    fair = test.get("fair_source_only", {})
     lines = []
     if base:
         curve = ", ".join(f"{k}: {v:.1f}" for k, v in base["curve_source_val_ap50"].items())
@@ -379,9 +402,10 @@ def summarize(study, recs):
     lines += [f"AP50 (coco101) on `{TEST}` ({a.iters} iterations from the base, lr {a.lr}); mean and 95% "
               "t-interval over seeds; Δ = paired per-seed difference with its 95% interval; gap closed = "
               "mean Δ to source-only / mean (oracle − source-only) over the same seeds.", "",
-              "| method | seeds | target test AP50 | per seed | Δ vs source-only | Δ vs DA joint | gap closed "
-              "| target dev | source val | PAD loc / ROI | grad_cos (train) | disc. acc img / ins (src, tgt) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| method | seeds | target test AP50 | per seed | Δ vs source-only | Δ vs DA joint | Δ vs fair SO "
+              "| gap closed | target dev | source val | PAD loc / ROI | grad_cos (train) "
+              "| disc. acc img / ins (src, tgt) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in ROW_ORDER:
         runs = recs.get(row)
         if not _shown(recs, row, len(a.seeds)):
@@ -391,6 +415,7 @@ def summarize(study, recs):
         label = ROWS[row][2] + (" **(chosen α)**" if alpha is not None and row == f"metaalign_fo_a{alpha}" else "")
         d_so = paired_difference(test[row], so) if row != "source_only" else None
         d_da = paired_difference(test[row], da) if row not in ("da_joint",) else None
+        d_fair = paired_difference(test[row], fair) if row in TEACHER_ROWS[1:] + ("oracle",) and fair else None
         gap = "-"
         if row not in ("source_only", "oracle") and d_so is not None:
             shared = sorted(set(d_so["seeds"]) & set(oracle))
@@ -413,7 +438,26 @@ def summarize(study, recs):
         acc_s = (f"{acc('da/img_acc_source')}, {acc('da/img_acc_target')} / "
                  f"{acc('da/ins_acc_source')}, {acc('da/ins_acc_target')}") if any(accs) else "-"
         lines.append(f"| {label} | {len(seeds)} | {_ci(mean_ci(vals))} | {' / '.join(f'{v:.1f}' for v in vals)} "
-                     f"| {_diff(d_so)} | {_diff(d_da)} | {gap} | {dev:.1f} | {src:.1f} | {pad} | {cos_s} | {acc_s} |")
+                     f"| {_diff(d_so)} | {_diff(d_da)} | {_diff(d_fair)} | {gap} | {dev:.1f} | {src:.1f} | {pad} "
+                     f"| {cos_s} | {acc_s} |")
+    teacher_lines = []
+    for row in TEACHER_ROWS[1:]:
+        runs = recs.get(row, {})
+        stats = [r["teacher_mean"] for r in runs.values() if r.get("teacher_mean")]
+
+        def mean_of(k):
+            v = [x[k] for x in stats if k in x]
+            return f"{statistics.fmean(v):.2f}" if v else "-"
+        if stats:
+            teacher_lines.append(f"| {ROWS[row][2]} | {mean_of('teacher/pseudo_per_image')} "
+                                 f"| {mean_of('teacher/pseudo_precision')} | {mean_of('teacher/pseudo_recall')} "
+                                 f"| {mean_of('teacher/agreement')} |")
+    if teacher_lines:
+        lines += ["", "Pseudo-labels of the teacher rows (means over each run's logged steps and over seeds; precision "
+                  "and recall at IoU 0.5 against the target train labels, which are logged for monitoring and never "
+                  "trained on):", "",
+                  "| method | pseudo-labels / image | precision | recall | teacher-student agreement |",
+                  "|---|---|---|---|---|"] + teacher_lines
     dev = _dev_means(recs, ["da_joint", *SEARCH], a.sweep_seeds)
     if len(dev) > 1:
         best = chosen_search_row(recs, a.sweep_seeds)
@@ -433,7 +477,7 @@ def summarize(study, recs):
 
 
 ROW_ORDER = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x in ALPHAS] + \
-    ["metaalign_fo_align_first", "metaalign_so"] + \
+    ["metaalign_fo_align_first", "metaalign_so"] + list(TEACHER_ROWS) + \
     [r for n in SEARCH for r in (n, "metaalign_fo_" + n[len("da_joint_"):])] + ["oracle"]
 
 
@@ -443,6 +487,8 @@ SHORT_LABELS = {
     "metaalign_fo_align_first": "MetaAlign 1st, align_first", "metaalign_so": "MetaAlign 2nd", "oracle": "oracle",
     **{n: f"DA joint, {lab}" for n, (_, lab) in SEARCH.items()},
     **{"metaalign_fo_" + n[len("da_joint_"):]: f"MetaAlign 1st, {lab}" for n, (_, lab) in SEARCH.items()},
+    "fair_source_only": "fair source-only", "teacher": "mean teacher", "teacher_align": "teacher + DA joint",
+    "teacher_metaalign_fo": "teacher + MetaAlign 1st",
 }
 
 
@@ -493,7 +539,7 @@ def plot_study(recs, png, split=TEST, n_seeds=5):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", choices=["all", "base", "sweep", "core", "extra", "search"], default="all")
+    p.add_argument("--stage", choices=["all", "base", "sweep", "core", "extra", "search", "teacher"], default="all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="core rows' seeds")
     p.add_argument("--sweep-seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="seeds of the α sweep and of the extra rows")
@@ -539,6 +585,8 @@ def main():
                 if best is not None and best != "da_joint":
                     follow = [best, "metaalign_fo_" + best[len("da_joint_"):]]
                     study.run_all([(r, s) for s in args.seeds for r in follow])
+            if args.stage in ("all", "teacher"):  # needs the sweep's α (teacher + MetaAlign)
+                study.run_all([(r, s) for s in args.seeds for r in TEACHER_ROWS])  # seed-major
     recs = study.load()
     table, _ = summarize(study, recs)
     print("\n" + table + f"\n\n(this invocation: {(time.perf_counter() - t0) / 60:.1f} min)")

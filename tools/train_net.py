@@ -49,7 +49,9 @@ def main(args):
             if not cfg.MODEL.WEIGHTS:
                 raise ValueError("--eval-only needs MODEL.WEIGHTS: the checkpoint to evaluate")
             check_model_weights(cfg.MODEL.WEIGHTS)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        ckpt = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if cfg.MODEL.EMA.ENABLED and isinstance(ckpt.get("ema"), dict):  # evaluate the EMA, as training does
+            checkpointer.model.load_state_dict(ckpt["ema"]["model"])
         return Trainer.test(cfg, checkpointer.model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -94,7 +94,7 @@ def _predictors(args):
             cfg.MODEL.DEVICE = args.device
         cfg.MODEL.WEIGHTS = ""  # DefaultPredictor then builds without loading; the checked load follows
         predictor = DefaultPredictor(cfg)
-        for warning in load_checked_weights(predictor.model, weights):
+        for warning in load_checked_weights(predictor.model, weights, use_ema=cfg.MODEL.EMA.ENABLED):
             logging.getLogger(__name__).warning(warning)
         predictors.append(predictor)
     return predictors

@@ -185,6 +185,7 @@ def build_paired_train_loader(
     start_iter: int = 0,
     seeds: Optional[Dict[str, Optional[int]]] = None,
     mapper: Optional[Callable[[dict], dict]] = None,
+    target_mapper: Optional[Callable[[dict], dict]] = None,
 ) -> PairedDataLoader:
     """Build the paired loader for ``cfg``.
 
@@ -193,6 +194,8 @@ def build_paired_train_loader(
         seeds: sampler seeds to reuse ({"source", "target"}), e.g. from a checkpoint; default from cfg.SEED.
         mapper: the source mapper (default ``DatasetMapper(cfg, True)``); the target uses the same
             augmentations on annotation-free records.
+        target_mapper: the target's mapper if it needs its own (teacher-student: one that also records the
+            geometric transform, data/augmentation.py); default ``mapper``.
     """
     check_dataset_names("DATASETS.TRAIN", cfg.DATASETS.TRAIN)
     da_on = cfg.MODEL.DA_HEADS.IMG_ENABLED or cfg.MODEL.DA_HEADS.INS_ENABLED
@@ -222,7 +225,7 @@ def build_paired_train_loader(
         )
         target, t_seed = _domain_loader(
             cfg, target_dicts, cfg.SOLVER.TARGET_IMS_PER_BATCH, seeds["target"],
-            start_iter * cfg.SOLVER.TARGET_IMS_PER_BATCH, mapper,
+            start_iter * cfg.SOLVER.TARGET_IMS_PER_BATCH, target_mapper if target_mapper is not None else mapper,
         )
         logger.info(
             "Paired loader: %d source images (%s), %d target images (%s, labels stripped)",

@@ -79,6 +79,9 @@ class TrainingMetricPrinter(EventWriter):
             tgt = self._median(storage, f"da/{level}_acc_target")
             if src is not None and tgt is not None:
                 parts.append(f"da {level} acc src/tgt: {src:.2f}/{tgt:.2f}")
+        pseudo = self._median(storage, "teacher/pseudo_per_image")  # teacher-student runs (docs/teacher.md)
+        if pseudo is not None:
+            parts.append(f"pseudo/img: {pseudo:.2f}")
         iter_time = self._median(storage, "time")
         if iter_time is not None:
             parts.append(f"time: {iter_time:.4f}")

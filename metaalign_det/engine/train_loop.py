@@ -106,12 +106,16 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def build_loss_evaluator(self, source: List[dict], target: Optional[List[dict]]) -> LossEvaluator:
+        """This step's LossEvaluator (a subclass may add detection losses: engine/teacher.py)."""
+        return LossEvaluator(self.model, source, target, self.autocast_context, self.step_seed())
+
     def compute_gradients(
         self, source: List[dict], target: Optional[List[dict]]
     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, torch.Tensor]]:
         """Return (grads: name -> tensor, stats: dict of floats, losses: name -> detached scalar)."""
         opt = self.options
-        evaluator = LossEvaluator(self.model, source, target, self.autocast_context, self.step_seed())
+        evaluator = self.build_loss_evaluator(source, target)
         order = _ORDER[opt.mode]
         if target is None and order != "none":
             raise ValueError(f"META.MODE={opt.mode!r} needs a target batch: set DATASETS.TRAIN_TARGET")

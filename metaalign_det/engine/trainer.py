@@ -22,6 +22,7 @@ from detectron2.utils.events import CommonMetricPrinter, EventWriter
 from detectron2.utils.logger import setup_logger
 
 from .. import compat
+from ..data.augmentation import build_target_view_mapper
 from ..data.paired_loader import PairedDataLoader, build_paired_train_loader
 from ..evaluation import DetectionAPEvaluator, build_evaluator
 from ..evaluation.ap import METRICS
@@ -29,6 +30,7 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import broadcast_module_
 from .printer import TrainingMetricPrinter
 from .setup import FILE_ONLY
+from .teacher import build_teacher_step_trainer, check_teacher_config, uses_teacher_step
 from .train_loop import MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
 
 __all__ = [
@@ -48,6 +50,8 @@ def build_step_trainer(
 ) -> MetaAlignSimpleTrainer:
     """The factory that picks the ``run_step`` class: SimpleTrainer- or AMPTrainer-based."""
     options = MetaAlignStepOptions.from_config(cfg)
+    if uses_teacher_step(cfg):  # teacher-student: EMA, mean teacher, strong views (engine/teacher.py)
+        return build_teacher_step_trainer(cfg, model, data_loader, optimizer, options)
     if cfg.SOLVER.AMP.ENABLED:
         return MetaAlignAMPTrainer(model, data_loader, optimizer, options, seed=cfg.SEED,
                                    dtype=cfg.SOLVER.AMP.DTYPE)
@@ -67,6 +71,7 @@ def check_step_config(cfg: CfgNode) -> None:
             f"MODEL.DA_HEADS is enabled but MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: "
             f"set it to 'DomainAdaptiveRCNN'"
         )
+    check_teacher_config(cfg)  # MODEL.EMA / TEACHER / INPUT.STRONG_AUG
 
 
 def _one_line(e):
@@ -162,6 +167,8 @@ class MetaAlignTrainer(DefaultTrainer):
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        if getattr(self._trainer, "ema", None) is not None:  # teacher-student: the EMA is the "ema" entry
+            self.checkpointer.add_checkpointable("ema", self._trainer.ema)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -180,13 +187,21 @@ class MetaAlignTrainer(DefaultTrainer):
         return model
 
     def build_hooks(self) -> List[HookBase]:
-        """detectron2's hooks, with the PeriodicWriter at SOLVER.LOG_PERIOD (detectron2 fixes it at 20)."""
+        """detectron2's hooks, with the PeriodicWriter at SOLVER.LOG_PERIOD (detectron2 fixes it at 20); with an
+        EMA (teacher-student) the EvalHook evaluates the EMA -- the teacher -- instead of the student."""
         self._event_writers = None
         ret = super().build_hooks()  # calls build_writers() once (main process)
+        if getattr(self._trainer, "ema", None) is not None:
+            ret = [hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_ema) if isinstance(h, hooks.EvalHook) else h
+                   for h in ret]
         if self._event_writers is None:
             return ret
         return [hooks.PeriodicWriter(self._event_writers, period=self.cfg.SOLVER.LOG_PERIOD)
                 if isinstance(h, hooks.PeriodicWriter) else h for h in ret]
+
+    def _test_ema(self) -> Dict:
+        self._last_eval_results = self.test(self.cfg, self._trainer.ema.model)
+        return self._last_eval_results
 
     def build_writers(self) -> List[EventWriter]:
         """detectron2's writers (metrics.json, TensorBoard) with our console line in place of
@@ -198,7 +213,8 @@ class MetaAlignTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode, start_iter: int = 0,
                            seeds: Optional[Dict[str, Optional[int]]] = None) -> PairedDataLoader:
-        return build_paired_train_loader(cfg, start_iter=start_iter, seeds=seeds)
+        return build_paired_train_loader(cfg, start_iter=start_iter, seeds=seeds,
+                                         target_mapper=build_target_view_mapper(cfg))
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
@@ -209,6 +225,9 @@ class MetaAlignTrainer(DefaultTrainer):
         if not (resume and self.checkpointer.has_checkpoint()):  # MODEL.WEIGHTS is what gets loaded
             check_model_weights(self.cfg.MODEL.WEIGHTS)
         super().resume_or_load(resume=resume)
+        ema = getattr(self._trainer, "ema", None)
+        if ema is not None and not ema.restored:  # teacher-student: no "ema" in the checkpoint: start from
+            ema.copy_from(self.model)              # the loaded weights (MODEL.WEIGHTS or the resumed model)
         if self.start_iter > 0:
             # Continue the data streams where the checkpointed run stopped, not from their beginning.
             start, seeds = self.start_iter, self._data_seeds

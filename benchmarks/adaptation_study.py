@@ -264,7 +264,8 @@ class Study:
         os.makedirs(out, exist_ok=True)
         cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
                os.path.join(DEMO, config)]
-        if os.path.exists(os.path.join(out, "last_checkpoint")):
+        resumed = os.path.exists(os.path.join(out, "last_checkpoint"))
+        if resumed:
             cmd.append("--resume")
         sched = ["MODEL.WEIGHTS", self.base_weights(), "SOLVER.IMS_PER_BATCH", "2",
                  "SOLVER.TARGET_IMS_PER_BATCH", "2", "SOLVER.BASE_LR", str(a.lr),
@@ -287,7 +288,7 @@ class Study:
                             "decay_at": int(a.iters * 0.8), "batch": "2 source + 2 target"},
                "ap": {n: _read_ap(p) for n, p in results.items()}, **_train_log_stats(out), **pad,
                "train_seconds": round(train_s, 1), "seconds": round(time.perf_counter() - t0, 1),
-               "threads": threads}
+               "threads": threads, "resumed": resumed}
         _write_json(record, rec)
         log(f"{row} seed {seed}: {rec['seconds']:.0f} s, dev AP50 {rec['ap'][DEV]['mAP']:.1f}")
 
@@ -469,10 +470,13 @@ def summarize(study, recs):
     core_rows = list(CORE) + ([f"metaalign_fo_a{alpha}"] if alpha is not None else [])
     core_s = sum(r["seconds"] for row in core_rows for r in recs.get(row, {}).values())
     all_s = sum(r["seconds"] for runs in recs.values() for r in runs.values())
+    n_resumed = sum(bool(r.get("resumed")) for runs in recs.values() for r in runs.values())
     lines += ["", f"Run time (sum of per-run wall times, {a.jobs} runs at a time with "
               f"{1 if a.jobs > 1 else 2} thread(s) each, start-up, evaluation and PAD included): core rows "
               f"{core_s / 60:.0f} min of runs ≈ {core_s / 60 / a.jobs:.0f} min wall; all rows "
-              f"{all_s / 60:.0f} min of runs ≈ {all_s / 60 / a.jobs:.0f} min wall."]
+              f"{all_s / 60:.0f} min of runs ≈ {all_s / 60 / a.jobs:.0f} min wall."
+              + (f" {n_resumed} run(s) were resumed after an interruption; their times count only the resumed "
+                 "part." if n_resumed else "")]
     return "\n".join(lines), alpha
 
 

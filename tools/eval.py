@@ -15,8 +15,11 @@ that does not match the dataset) exits with status 2 and one line on stderr nami
 import argparse
 import logging
 import os
+import sys
 
-import metaalign_det  # noqa: F401  (compat first; registers the project's models and datasets)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+import metaalign_det  # noqa: E402,F401  (compat first; registers the project's models and datasets)  (compat first; registers the project's models and datasets)
 
 # isort: split
 from detectron2.data import MetadataCatalog, build_detection_test_loader

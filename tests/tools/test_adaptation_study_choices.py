@@ -1,0 +1,78 @@
+"""The adaptation study's choices (MetaAlign α, alignment strength) read the target *dev* split only, and its
+summary renders paired differences and the search line from per-run records (no training here: synthetic
+records in the study's own format)."""
+import argparse
+import importlib.util
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def study_mod():
+    path = os.path.join(REPO, "benchmarks", "adaptation_study.py")
+    spec = importlib.util.spec_from_file_location("adaptation_study_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rec(m, row, seed, dev, test):
+    return {"row": row, "seed": seed, "seconds": 1.0,
+            "ap": {m.TEST: {"mAP": test}, m.DEV: {"mAP": dev}, m.SOURCE_VAL: {"mAP": 99.0}}}
+
+
+def _study(m, tmp_path, seeds=(0, 1, 2, 3, 4), sweep=(0, 1, 2)):
+    args = argparse.Namespace(seeds=list(seeds), sweep_seeds=list(sweep), jobs=2, iters=400, lr=0.01,
+                              out_dir=str(tmp_path / "out"), results=str(tmp_path / "res"))
+    return m.Study(args)
+
+
+def test_alignment_strength_is_chosen_on_dev_not_test(study_mod):
+    m = study_mod
+    seeds = [0, 1, 2]
+    rows = ["da_joint", *m.SEARCH]
+    recs = {r: {s: _rec(m, r, s, dev=60.0, test=60.0) for s in seeds} for r in rows}
+    dev_winner, test_winner = rows[1], rows[2]
+    for s in seeds:
+        recs[dev_winner][s]["ap"][m.DEV]["mAP"] = 70.0
+        recs[test_winner][s]["ap"][m.TEST]["mAP"] = 90.0
+    assert m.chosen_search_row(recs, seeds) == dev_winner
+    # the shipped setting wins when nothing beats it on dev
+    for s in seeds:
+        recs["da_joint"][s]["ap"][m.DEV]["mAP"] = 80.0
+    assert m.chosen_search_row(recs, seeds) == "da_joint"
+    # no choice while a searched setting lacks one of the seeds
+    del recs[rows[-1]][2]
+    assert m.chosen_search_row(recs, seeds) is None
+
+
+def test_alpha_is_chosen_on_dev_not_test(study_mod, tmp_path):
+    m = study_mod
+    study = _study(m, tmp_path)
+    recs = {f"metaalign_fo_a{a}": {s: _rec(m, "x", s, dev=60.0, test=60.0) for s in (0, 1, 2)} for a in m.ALPHAS}
+    for s in (0, 1, 2):
+        recs[f"metaalign_fo_a{m.ALPHAS[2]}"][s]["ap"][m.DEV]["mAP"] = 65.0
+        recs[f"metaalign_fo_a{m.ALPHAS[0]}"][s]["ap"][m.TEST]["mAP"] = 95.0
+    assert study.chosen_alpha(recs) == m.ALPHAS[2]
+
+
+def test_summary_pairs_seeds_and_hides_unfinished_search_rows(study_mod, tmp_path):
+    m = study_mod
+    study = _study(m, tmp_path)
+    seeds = [0, 1, 2, 3, 4]
+    so = {s: _rec(m, "source_only", s, dev=50.0, test=50.0 + s) for s in seeds}
+    da = {s: _rec(m, "da_joint", s, dev=55.0, test=52.0 + s) for s in seeds}  # +2 on every seed
+    oracle = {s: _rec(m, "oracle", s, dev=90.0, test=90.0 + s) for s in seeds}
+    searched = next(iter(m.SEARCH))
+    recs = {"source_only": so, "da_joint": da, "oracle": oracle,
+            searched: {s: _rec(m, searched, s, dev=54.0, test=99.0) for s in (0, 1, 2)}}
+    table, _ = m.summarize(study, recs)
+    da_line = next(line for line in table.splitlines() if line.startswith(f"| {m.ROWS['da_joint'][2]} |"))
+    # paired difference: exactly +2.0 on every seed, zero width; gap closed 2 / 40 = 5%
+    assert "+2.0 [+2.0, +2.0]" in da_line and "| 5% |" in da_line
+    # a search row with only the sweep seeds shows in the dev-search line, not in the reported table
+    assert not any(line.startswith(f"| {m.ROWS[searched][2]} |") for line in table.splitlines())
+    assert "searched on the target dev split" in table and "(search incomplete)" in table

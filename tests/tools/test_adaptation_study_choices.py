@@ -44,8 +44,15 @@ def test_alignment_strength_is_chosen_on_dev_not_test(study_mod):
     for s in seeds:
         recs["da_joint"][s]["ap"][m.DEV]["mAP"] = 80.0
     assert m.chosen_search_row(recs, seeds) == "da_joint"
-    # no choice while a searched setting lacks one of the seeds
-    del recs[rows[-1]][2]
+    # a setting that diverged (dev AP50 ~0) on one seed is out of the search: no more seeds, never chosen
+    for s in seeds:
+        recs["da_joint"][s]["ap"][m.DEV]["mAP"] = 60.0
+    diverging = rows[-1]
+    recs[diverging] = {0: _rec(m, diverging, 0, dev=0.0, test=0.0)}
+    assert m.diverged_rows(recs, m.SEARCH) == {diverging}
+    assert m.chosen_search_row(recs, seeds) == dev_winner
+    # no choice while a searched setting that has not diverged lacks one of the seeds
+    del recs[dev_winner][2]
     assert m.chosen_search_row(recs, seeds) is None
 
 

@@ -156,12 +156,21 @@ class MetaAlignTrainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         self._data_seeds = data_loader.seeds
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
+        # metrics are read from the device only when the PeriodicWriter writes (see MetaAlignSimpleTrainer)
+        self._trainer.log_period = cfg.SOLVER.LOG_PERIOD
+        self._trainer.max_iter = cfg.SOLVER.MAX_ITER
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def after_train(self):
+        # the steps since the last log step (a run stopped by an error): their metrics reach the writers'
+        # final write; no collective, since another process may not be there to join it
+        self._trainer.flush_metrics(collective=False)
+        super().after_train()
 
     @classmethod
     def build_model(cls, cfg):

@@ -33,6 +33,7 @@ from detectron2.utils.events import get_event_storage
 
 from .. import compat
 from ..meta import meta_align_grads, resolve_direction, select_params
+from ..meta.buffers import StepBuffers
 from ..meta.grad_stats import finite_flag
 from .distributed import all_reduce_mean_, world_size
 from .loss_evaluator import LossEvaluator
@@ -105,6 +106,8 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         self.last_stats: Dict[str, object] = {}
         self._hvp_known: Dict[str, str] = {}
         self._pending_metrics: List[tuple] = []  # (iteration, losses, stats, data_time) not yet written
+        # theta' (and theta +- eps v) reuse these tensors step after step instead of fresh ones
+        self._step_buffers = StepBuffers()
         # cfg.SEED when set (>= 0), else one random draw shared by all processes; checkpointed.
         self.seed_base = int(seed) if seed is not None and seed >= 0 else comm.shared_random_seed()
 
@@ -143,7 +146,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             hvp=hvp, fd_eps=opt.fd_eps, loss_scale=self.loss_scale(),
             inner_grad_hook=all_reduce_mean_ if distributed and order != "none" else None,
             outer_grad_hook=all_reduce_mean_ if distributed and order == "second" else None,
-            compute_cos=compute_cos, fast=self.fast, lazy_stats=True,
+            compute_cos=compute_cos, fast=self.fast, lazy_stats=True, buffers=self._step_buffers,
         )
         if opt.hvp == "auto" and stats.get("hvp") == "finite_difference":
             self._hvp_known[direction] = "finite_difference"

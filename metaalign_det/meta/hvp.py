@@ -50,10 +50,11 @@ class _DoubleBackwardUnavailable(RuntimeError):
     """The inner loss's graph cannot give an exact Hessian-vector product by double backward."""
 
 
-def _hvp(inner_fn, inner_name, names, theta, v, mode, fd_eps, loss_scale, lazy=False):
+def _hvp(inner_fn, inner_name, names, theta, v, mode, fd_eps, loss_scale, lazy=False, work=None):
     """H_inner(theta) v as a list of tensors, and the method used.
 
     ``lazy``: no host sync (the finite-difference step size stays on the device; v = 0 is not short-cut).
+    ``work``: parameter-shaped tensors the finite difference may write theta +- eps v into (else fresh ones).
     """
     if mode in ("auto", "double_backward"):
         try:
@@ -65,7 +66,7 @@ def _hvp(inner_fn, inner_name, names, theta, v, mode, fd_eps, loss_scale, lazy=F
                     or not _is_double_backward_error(err):
                 raise
             _log_fallback_once(inner_name, err)
-    return _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_scale, lazy), \
+    return _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_scale, lazy, work), \
         "finite_difference"
 
 
@@ -126,7 +127,7 @@ def _hvp_double_backward(inner_fn, inner_name, names, theta, v, loss_scale, stri
     return _zeros_for_unused(list(hv), theta)
 
 
-def _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_scale, lazy=False):
+def _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_scale, lazy=False, work=None):
     """(grad L_inner(theta + eps v) - grad L_inner(theta - eps v)) / (2 eps): 2 forward + 2 backward.
 
     eps = fd_eps * max(||theta||, 1) / ||v||, so the perturbation ||eps v|| is fd_eps relative to the
@@ -140,11 +141,19 @@ def _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_s
     eps = fd_eps * _global_sq_norm(theta).sqrt().clamp_min(1.0) / v_norm.clamp_min(_TINY)
     nonzero = v_norm > 0
     eps = torch.where(nonzero, eps, 1.0)
+    if work is None:
+        work = [torch.empty_like(t, requires_grad=False) for t in theta]
     grads = []
     for sign in (1.0, -1.0):
         with torch.no_grad():
+            # theta + (sign eps) v, written into ``work``: v * step, then + theta (multi-tensor kernels on
+            # CUDA instead of two small kernels and an allocation per parameter)
             step = _per_dtype(sign * eps)
-            shifted = [(t + step(t.dtype) * vi).requires_grad_(True) for t, vi in zip(theta, v)]
+            torch._foreach_copy_(work, list(v))
+            for dtype, idx in _by_dtype(work).items():
+                torch._foreach_mul_([work[i] for i in idx], step(dtype))
+            torch._foreach_add_(work, [t.detach() for t in theta])
+            shifted = [b.detach().requires_grad_(True) for b in work]
         loss = _eval_loss(inner_fn, dict(zip(names, shifted)), inner_name)
         grads.append(_grad(loss, shifted, loss_scale))
         del loss, shifted
@@ -159,6 +168,13 @@ def _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_s
         hv = gp.sub_(gm).div_(two_eps(gp.dtype))
         out.append(hv.mul_(keep(gp.dtype)) if lazy else hv)
     return out
+
+
+def _by_dtype(tensors):
+    groups = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(t.dtype, []).append(i)
+    return groups
 
 
 def _per_dtype(x: torch.Tensor):

@@ -30,6 +30,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import torch
 
 from .autodiff import LossFn, _eval_loss, _grad, _zeros_for_unused
+from .buffers import StepBuffers
 from .grad_stats import (
     _acc,
     _all_finite,
@@ -149,6 +150,7 @@ def meta_align_grads(
     outer_grad_hook: Optional[GradHook] = None,
     fast: Optional[Iterable[str]] = None,
     lazy_stats: bool = False,
+    buffers: Optional[StepBuffers] = None,
 ) -> Tuple[Dict[str, torch.Tensor], dict]:
     """Gradient of the MetaAlign objective (or of the plain joint loss) w.r.t. ``params``.
 
@@ -207,6 +209,10 @@ def meta_align_grads(
             device), the outer loss is evaluated there, the Hessian-vector product acts on a zero vector,
             and the returned gradients, which include g1, are non-finite (``finite`` False). The gradients
             of a finite step equal those of ``lazy_stats=False``.
+        buffers: a :class:`~metaalign_det.meta.buffers.StepBuffers` kept by the caller across steps: theta'
+            (and theta +- eps v, and the masked v of a second-order step) are written into its tensors
+            instead of fresh ones. The results are the same as without (then a fresh set is allocated per
+            call). Ignored for ``order="none"``.
 
     Returns:
         ``(grads, stats)``. ``grads``: dict name -> gradient, same shape/dtype/device as the param; a
@@ -269,7 +275,10 @@ def meta_align_grads(
 
     # 2. outer gradient g2 at theta' = theta - inner_lr * g1 (a constant for autograd: first-order
     # treatment; the second-order correction is added explicitly below).
-    theta_prime = _inner_step(theta, g1, mask, inner_lr, ok_inner if lazy_stats else None)
+    if buffers is None:
+        buffers = StepBuffers()  # fresh tensors for this call only
+    theta_prime = _inner_step(theta, g1, mask, inner_lr, ok_inner if lazy_stats else None,
+                              buffers.get("theta_prime", theta))
     l_out = _eval_loss(outer_fn, dict(zip(names, theta_prime)), outer_name)
     g2_raw = _grad(l_out, theta_prime, loss_scale)
     l_out = l_out.detach()
@@ -288,25 +297,22 @@ def meta_align_grads(
     hvp_used = None
     hv = None
     if order == "second":
+        v = None
         if lazy_stats:
             # no host branch: a non-finite g1 or g2 gives v = 0 (the result is non-finite through g1/g2)
-            ok_v = ok_inner & finite_flag(g2)
-            v = [torch.where(ok_v, g, 0.0) if m else torch.zeros_like(g) for g, m in zip(g2, mask)]
+            v = _masked(g2, mask, buffers.get("v", theta), ok_inner & finite_flag(g2))
         elif _all_finite(g2):
-            v = g2 if all(mask) else [g if m else torch.zeros_like(g) for g, m in zip(g2, mask)]
-        else:
-            v = None
+            v = g2 if all(mask) else _masked(g2, mask, buffers.get("v", theta))
         if v is not None:
             # needs grad mode: it re-evaluates the inner loss and differentiates it
             hv, hvp_used = _hvp(inner_fn, inner_name, names, theta, v, hvp, fd_eps, loss_scale,
-                                lazy=lazy_stats)
+                                lazy=lazy_stats, work=buffers.get("theta_prime", theta))
         del v
     with torch.no_grad():
         total = g1  # reuse g1's memory: g1 + g2 - inner_lr * H v
-        for i, (a, b) in enumerate(zip(total, g2)):
-            a.add_(b)
-            if hv is not None:
-                a.add_(hv[i], alpha=-inner_lr)
+        torch._foreach_add_(total, g2)
+        if hv is not None:
+            torch._foreach_add_(total, hv, alpha=-inner_lr)
     del g2, g1, hv
 
     losses = {inner_name: l_in, outer_name: l_out}
@@ -317,20 +323,38 @@ def meta_align_grads(
     return dict(zip(names, total)), stats
 
 
-def _inner_step(theta, g1, mask, inner_lr, keep_if=None):
-    """theta' = theta - inner_lr * g1 on the ``mask``ed params (theta elsewhere), as new autograd leaves.
+def _inner_step(theta, g1, mask, inner_lr, keep_if, out):
+    """theta' = theta - inner_lr * g1 on the ``mask``ed params (theta elsewhere), written into ``out`` (a
+    parameter-shaped list of tensors) and returned as new autograd leaves sharing its storage.
 
     ``keep_if``: optional 0-d bool tensor; where False, theta' = theta (selected on the device, no sync).
     """
+    fast = [i for i, m in enumerate(mask) if m]
     with torch.no_grad():
-        out = []
-        for t, g, m in zip(theta, g1, mask):
+        torch._foreach_copy_(out, [t.detach() for t in theta])
+        if fast:
+            torch._foreach_add_([out[i] for i in fast], [g1[i] for i in fast], alpha=-inner_lr)
+        if keep_if is not None:
+            for i in fast:
+                torch.where(keep_if, out[i], theta[i].detach(), out=out[i])
+    return [b.detach().requires_grad_(True) for b in out]
+
+
+def _masked(g, mask, out, keep_if=None):
+    """``g`` on the ``mask``ed params and 0 elsewhere, written into ``out``; where the 0-d bool ``keep_if``
+    is False, 0 everywhere (on the device)."""
+    zeros = {}
+    with torch.no_grad():
+        for o, gi, m in zip(out, g, mask):
             if not m:
-                out.append(t.detach().clone())
-                continue
-            step = t - inner_lr * g
-            out.append(step if keep_if is None else torch.where(keep_if, step, t))
-    return [t.requires_grad_(True) for t in out]
+                o.zero_()
+            elif keep_if is None:
+                o.copy_(gi)
+            else:
+                if o.dtype not in zeros:
+                    zeros[o.dtype] = torch.zeros((), dtype=o.dtype, device=o.device)
+                torch.where(keep_if, gi, zeros[o.dtype], out=o)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -84,6 +84,10 @@ def test_step_reads_two_values_groups_and_logging_one_more(mode, cos_period, mon
     history = storage.history("loss_cls").values()
     assert [it for _, it in history] == [0, 1, 2, 3]
     assert [it for _, it in storage.history("meta/inner_lr").values()] == [0, 1, 2, 3]
+    # theta' (second order: and the HVP vector) live in buffers kept across steps, one parameter set each
+    param_bytes = sum(p.numel() * p.element_size() for p in trainer.params.values())
+    sets = {"none": 0, "first_order": 1, "second_order": 2}[mode]
+    assert trainer._step_buffers.nbytes() == sets * param_bytes
 
 
 def test_deferred_metrics_equal_per_step_metrics():

@@ -452,8 +452,7 @@ def _joint_step(names, theta, align_loss, det_loss, inner_lr, loss_scale, comput
         cos_terms = _cos_terms(ga, gd, [g is not None for g in ga_raw], [g is not None for g in gd_raw])
         del ga_raw, gd_raw
         with torch.no_grad():
-            for a, d in zip(ga, gd):
-                a.add_(d)
+            torch._foreach_add_(ga, gd)
         total = ga
     else:
         total = _zeros_for_unused(_grad(l_align + l_det, theta, loss_scale), theta)

@@ -12,6 +12,7 @@ from typing import List
 import torch
 
 from .autodiff import _eval_loss, _grad, _zeros_for_unused
+from .buffers import StepBuffers
 from .grad_stats import _global_sq_norm
 
 __all__ = ["HVP_MODES"]
@@ -54,7 +55,8 @@ def _hvp(inner_fn, inner_name, names, theta, v, mode, fd_eps, loss_scale, lazy=F
     """H_inner(theta) v as a list of tensors, and the method used.
 
     ``lazy``: no host sync (the finite-difference step size stays on the device; v = 0 is not short-cut).
-    ``work``: parameter-shaped tensors the finite difference may write theta +- eps v into (else fresh ones).
+    ``work``: a :class:`~.buffers.StepBuffers` whose ``"theta_prime"`` slot the finite difference writes
+    theta +- eps v into (else a fresh one).
     """
     if mode in ("auto", "double_backward"):
         try:
@@ -141,19 +143,19 @@ def _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_s
     eps = fd_eps * _global_sq_norm(theta).sqrt().clamp_min(1.0) / v_norm.clamp_min(_TINY)
     nonzero = v_norm > 0
     eps = torch.where(nonzero, eps, 1.0)
-    if work is None:
-        work = [torch.empty_like(t, requires_grad=False) for t in theta]
+    buffers = StepBuffers() if work is None else work
     grads = []
     for sign in (1.0, -1.0):
         with torch.no_grad():
-            # theta + (sign eps) v, written into ``work``: v * step, then + theta (multi-tensor kernels on
-            # CUDA instead of two small kernels and an allocation per parameter)
+            # theta + (sign eps) v in the buffers: copy v, scale (one kernel per dtype), add theta -- a few
+            # multi-tensor kernels on CUDA instead of two small kernels and an allocation per parameter
             step = _per_dtype(sign * eps)
-            torch._foreach_copy_(work, list(v))
-            for dtype, idx in _by_dtype(work).items():
-                torch._foreach_mul_([work[i] for i in idx], step(dtype))
-            torch._foreach_add_(work, [t.detach() for t in theta])
-            shifted = [b.detach().requires_grad_(True) for b in work]
+            shifted = buffers.get("theta_prime", theta)
+            torch._foreach_copy_(shifted, [x.detach() for x in v])
+            for flat in buffers.flat("theta_prime"):
+                flat.mul_(step(flat.dtype))
+            torch._foreach_add_(shifted, [t.detach() for t in theta])
+            shifted = [b.detach().requires_grad_(True) for b in shifted]
         loss = _eval_loss(inner_fn, dict(zip(names, shifted)), inner_name)
         grads.append(_grad(loss, shifted, loss_scale))
         del loss, shifted
@@ -168,13 +170,6 @@ def _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_s
         hv = gp.sub_(gm).div_(two_eps(gp.dtype))
         out.append(hv.mul_(keep(gp.dtype)) if lazy else hv)
     return out
-
-
-def _by_dtype(tensors):
-    groups = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault(t.dtype, []).append(i)
-    return groups
 
 
 def _per_dtype(x: torch.Tensor):

@@ -1,6 +1,6 @@
 """The MetaAlign gradient step as a pure function of parameter values (torch only).
 
-Math (DESIGN.md section 4), for ``direction="align_first"`` (the paper: meta-train = alignment,
+Math, for ``direction="align_first"`` (the paper: meta-train = alignment,
 meta-test = detection)::
 
     theta' = theta - inner_lr * grad L_align(theta)
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 ORDERS = ("none", "first", "second")
-# DESIGN.md names the modes "first_order"/"second_order"; accept those spellings so config values pass
+# META.MODE names the modes "first_order"/"second_order"; accept those spellings so config values pass
 # straight through.
 _ORDER_ALIASES = {"first_order": "first", "second_order": "second"}
 DIRECTIONS = ("align_first", "det_first")
@@ -163,7 +163,7 @@ def meta_align_grads(
             compute both losses in one forward and cache them (compare with ``is`` against a held
             reference, not ``id()``, which can be reused).
         inner_lr: alpha >= 0, the inner (fast-weight) step size in parameter units per gradient unit
-            (DESIGN.md: meta_lr x current lr).
+            (the trainer: META.INNER_LR_SCALE x current lr).
         order: "none", "first" or "second" (aliases "first_order", "second_order"); see the module doc.
         direction: "align_first" (inner step on L_align, paper) or "det_first" (roles swapped).
             "alternate" must be resolved per iteration first, with :func:`resolve_direction`.
@@ -277,8 +277,7 @@ def meta_align_grads(
     # treatment; the second-order correction is added explicitly below).
     if buffers is None:
         buffers = StepBuffers()  # fresh tensors for this call only
-    theta_prime = _inner_step(theta, g1, mask, inner_lr, ok_inner if lazy_stats else None,
-                              buffers.get("theta_prime", theta))
+    theta_prime = _inner_step(theta, g1, mask, inner_lr, ok_inner if lazy_stats else None, buffers)
     l_out = _eval_loss(outer_fn, dict(zip(names, theta_prime)), outer_name)
     g2_raw = _grad(l_out, theta_prime, loss_scale)
     l_out = l_out.detach()
@@ -300,13 +299,13 @@ def meta_align_grads(
         v = None
         if lazy_stats:
             # no host branch: a non-finite g1 or g2 gives v = 0 (the result is non-finite through g1/g2)
-            v = _masked(g2, mask, buffers.get("v", theta), ok_inner & finite_flag(g2))
+            v = _masked(g2, mask, buffers, ok_inner & finite_flag(g2))
         elif _all_finite(g2):
-            v = g2 if all(mask) else _masked(g2, mask, buffers.get("v", theta))
+            v = g2 if all(mask) else _masked(g2, mask, buffers)
         if v is not None:
             # needs grad mode: it re-evaluates the inner loss and differentiates it
             hv, hvp_used = _hvp(inner_fn, inner_name, names, theta, v, hvp, fd_eps, loss_scale,
-                                lazy=lazy_stats, work=buffers.get("theta_prime", theta))
+                                lazy=lazy_stats, work=buffers)
         del v
     with torch.no_grad():
         total = g1  # reuse g1's memory: g1 + g2 - inner_lr * H v
@@ -323,38 +322,42 @@ def meta_align_grads(
     return dict(zip(names, total)), stats
 
 
-def _inner_step(theta, g1, mask, inner_lr, keep_if, out):
-    """theta' = theta - inner_lr * g1 on the ``mask``ed params (theta elsewhere), written into ``out`` (a
-    parameter-shaped list of tensors) and returned as new autograd leaves sharing its storage.
+def _inner_step(theta, g1, mask, inner_lr, keep_if, buffers):
+    """theta' = theta - inner_lr * g1 on the ``mask``ed params (theta elsewhere), written into the
+    ``"theta_prime"`` buffers and returned as new autograd leaves sharing their storage.
 
     ``keep_if``: optional 0-d bool tensor; where False, theta' = theta (selected on the device, no sync).
+    Computed as (-inner_lr * g1) + theta, bitwise equal to ``theta - inner_lr * g1``; every operation is one
+    multi-tensor kernel (CUDA) or one kernel per dtype, none per parameter.
     """
-    fast = [i for i, m in enumerate(mask) if m]
+    out = buffers.get("theta_prime", theta)
     with torch.no_grad():
-        torch._foreach_copy_(out, [t.detach() for t in theta])
-        if fast:
-            torch._foreach_add_([out[i] for i in fast], [g1[i] for i in fast], alpha=-inner_lr)
-        if keep_if is not None:
-            for i in fast:
-                torch.where(keep_if, out[i], theta[i].detach(), out=out[i])
+        _select_into(out, g1, mask, buffers.flat("theta_prime"), keep_if)  # g1 (fast) or 0
+        torch._foreach_mul_(out, -inner_lr)
+        torch._foreach_add_(out, [t.detach() for t in theta])
     return [b.detach().requires_grad_(True) for b in out]
 
 
-def _masked(g, mask, out, keep_if=None):
-    """``g`` on the ``mask``ed params and 0 elsewhere, written into ``out``; where the 0-d bool ``keep_if``
+def _masked(g, mask, buffers, keep_if=None):
+    """``g`` on the ``mask``ed params and 0 elsewhere, in the ``"v"`` buffers; where the 0-d bool ``keep_if``
     is False, 0 everywhere (on the device)."""
-    zeros = {}
+    out = buffers.get("v", g)
     with torch.no_grad():
-        for o, gi, m in zip(out, g, mask):
-            if not m:
-                o.zero_()
-            elif keep_if is None:
-                o.copy_(gi)
-            else:
-                if o.dtype not in zeros:
-                    zeros[o.dtype] = torch.zeros((), dtype=o.dtype, device=o.device)
-                torch.where(keep_if, gi, zeros[o.dtype], out=o)
+        _select_into(out, g, mask, buffers.flat("v"), keep_if)
     return out
+
+
+def _select_into(out, g, mask, flats, keep_if):
+    """out = g on masked params, 0 elsewhere; all 0 (NaN/inf removed) where ``keep_if`` is False."""
+    fast = [i for i, m in enumerate(mask) if m]
+    slow = [i for i, m in enumerate(mask) if not m]
+    if fast:
+        torch._foreach_copy_([out[i] for i in fast], [g[i].detach() for i in fast])
+    if slow:
+        torch._foreach_zero_([out[i] for i in slow])
+    if keep_if is not None:
+        for flat in flats:  # one select per dtype group: where(ok, x, 0) also drops NaN, unlike ok * x
+            torch.where(keep_if, flat, torch.zeros((), dtype=flat.dtype, device=flat.device), out=flat)
 
 
 # ----------------------------------------------------------------------------------------------------

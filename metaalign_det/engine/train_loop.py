@@ -12,7 +12,7 @@ update when its gradients or losses are non-finite (``check_finite``), and after
 non-finite or one update grew their norm more than ``max_weight_norm_growth`` times (``check_update``).
 
 Host-device synchronisation: on a GPU every read of a device value to Python stalls the host until the
-queued kernels have run. A step reads exactly two values groups: the finite flag of its gradients and
+queued kernels have run. A step reads two groups of values: the finite flags of its gradients and
 losses (one device-side reduction, before the update) and the weight norms before/after the update (one
 read, after it). Losses and statistics stay on the device and are read -- all pending steps in one copy --
 only on the steps whose metrics are written (every ``log_period`` iterations and the last one), where they
@@ -83,7 +83,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             growth test (non-finite weights still stop training).
         log_period: metrics are read from the device and put into the EventStorage on iterations where
             ``(iter + 1) % log_period == 0`` and at ``max_iter - 1`` -- when detectron2's PeriodicWriter
-            writes (``MetaAlignTrainer`` sets both from SOLVER.LOG_PERIOD / MAX_ITER). Default 1: every
+            writes (``build_step_trainer`` sets both from SOLVER.LOG_PERIOD / MAX_ITER). Default 1: every
             step. :meth:`flush_metrics` writes the pending ones at any time.
         max_iter: see ``log_period`` (None: unknown).
     """

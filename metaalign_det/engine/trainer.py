@@ -45,9 +45,13 @@ def build_step_trainer(cfg, model, data_loader, optimizer):
     """The factory that picks the ``run_step`` class: SimpleTrainer- or AMPTrainer-based."""
     options = MetaAlignStepOptions.from_config(cfg)
     if cfg.SOLVER.AMP.ENABLED:
-        return MetaAlignAMPTrainer(model, data_loader, optimizer, options, seed=cfg.SEED,
+        step = MetaAlignAMPTrainer(model, data_loader, optimizer, options, seed=cfg.SEED,
                                    dtype=cfg.SOLVER.AMP.DTYPE)
-    return MetaAlignSimpleTrainer(model, data_loader, optimizer, options, seed=cfg.SEED)
+    else:
+        step = MetaAlignSimpleTrainer(model, data_loader, optimizer, options, seed=cfg.SEED)
+    # metrics are read from the device only when the PeriodicWriter writes (see MetaAlignSimpleTrainer)
+    step.log_period, step.max_iter = cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.MAX_ITER
+    return step
 
 
 def check_step_config(cfg):
@@ -156,9 +160,6 @@ class MetaAlignTrainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         self._data_seeds = data_loader.seeds
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
-        # metrics are read from the device only when the PeriodicWriter writes (see MetaAlignSimpleTrainer)
-        self._trainer.log_period = cfg.SOLVER.LOG_PERIOD
-        self._trainer.max_iter = cfg.SOLVER.MAX_ITER
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

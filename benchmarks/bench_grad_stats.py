@@ -13,9 +13,10 @@ set is half of the parameters) and "all finite" of the returned gradient, and re
 * loop: per parameter ``torch.dot`` in fp32 summed in float64 and ``isfinite(t).all()`` (several small kernels
   per parameter);
 * fused: ``torch._foreach_norm`` in float64 (one multi-tensor kernel per list on CUDA), the dot from fused
-  products (sum|p| - 2 sum max(-p, 0) in float64), max-abs norms for the finite checks.
+  products (sum|p| - 2 sum max(-p, 0) in float64), norm-based finite checks.
 
-The step picks one per device type (``grad_stats.FUSED``). Both run on the same random gradients with the
+The step picks the grad_cos terms' implementation per device type (``grad_stats.FUSED``) and the finite
+check's too (CUDA: the fused norms; CPU: ``torch.aminmax`` per tensor): the third row. Both run on the same random gradients with the
 detector's real parameter shapes and are compared with a float64 reference. Prints one Markdown table.
 """
 import argparse
@@ -65,7 +66,11 @@ def main():
                     help="gpu: R50-C4 + DA heads (default, also on CPU); cpu: the quick R18-FPN")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--output", help="also write the Markdown table here")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's); 1 on a loaded "
+                    "machine, where threads wait for each other at every operator")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = preset_cfg(args.preset, args.device)
     model = build_model(cfg)
@@ -79,7 +84,8 @@ def main():
     n_elem = sum(p.numel() for p in params)
     ref = reference64(g_align, g_det, shared)
 
-    variants = {"per-parameter loop": False, "fused `_foreach_*`": True}
+    variants = {"per-parameter loop": False, "fused `_foreach_*`": True,
+                "the step's default here": None}
     times = {k: [] for k in variants}
     errors = {}
     for label, fused in variants.items():
@@ -90,15 +96,23 @@ def main():
         scale = (ref[3] * ref[4]) ** 0.5
         errors[label] = max([abs(vals[0] - ref[0]) / scale] + [abs(vals[i] - ref[i]) / ref[i] for i in (1, 2, 3, 4)])
         step_stats(g_align, g_det, touched_a, touched_d, fused)  # warm-up
-    # interleaved rounds, so that a load change on a shared machine affects both variants alike
-    for _ in range(args.repeats):
-        for label, fused in variants.items():
-            times[label] += time_it(step_stats, (g_align, g_det, touched_a, touched_d, fused), 1, args.device)
+    # Blocks of consecutive runs per variant (the first untimed), the variants' order rotated from block to
+    # block: a load change on a shared machine affects every variant alike, and no variant is timed right
+    # after another one's large temporaries were freed (on CPU, the allocator hands big blocks back to the OS
+    # and fresh pages fault in, which made interleaved single runs depend on the order).
+    labels = list(variants)
+    blocks = 3
+    per_block = max(1, args.repeats // blocks)
+    for b in range(blocks):
+        for label in labels[b % len(labels):] + labels[:b % len(labels)]:
+            times[label] += time_it(step_stats, (g_align, g_det, touched_a, touched_d, variants[label]),
+                                    per_block + 1, args.device)[1:]
 
     dev_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     lines = [f"{dev_name}, torch {torch.__version__}, preset {args.preset}: {len(params)} parameter tensors, "
-             f"{n_elem / 1e6:.1f} M elements, median of {args.repeats} (interleaved); the step uses "
-             f"{'fused' if grad_stats.FUSED.get(torch.device(args.device).type, True) else 'the loop'} here", "",
+             f"{n_elem / 1e6:.1f} M elements, median of {blocks * per_block} (3 blocks per variant, rotated); the "
+             "step's grad_cos terms "
+             f"use {'fused' if grad_stats.FUSED.get(torch.device(args.device).type, True) else 'the loop'} here", "",
              "| gradient statistics | ms per step | x loop | max rel. error vs float64 |", "|---|---|---|---|"]
     base = statistics.median(times["per-parameter loop"])
     for label in variants:

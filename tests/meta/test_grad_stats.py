@@ -58,7 +58,7 @@ def test_fused_dot_of_fp16_gradients_does_not_overflow():
     assert terms["aa"].item() == pytest.approx(4 * 60000.0 ** 2, rel=1e-6)
 
 
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("fused", [False, True, None])  # reference loop, fused norms, CPU min/max
 def test_finite_flag_checks_every_element(fused):
     ok = [torch.tensor([1.0, -2.0]), torch.zeros(0), torch.tensor([3e38, -3e38]),
           torch.tensor([60000.0], dtype=torch.float16), torch.tensor([1e300], dtype=torch.float64)]

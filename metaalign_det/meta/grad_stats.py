@@ -21,7 +21,7 @@ __all__ = ["finite_flag", "materialize_stats", "FUSED"]
 # function call and the fused dot product makes extra passes over memory, so the loop is kept where
 # benchmarks/bench_grad_stats.py did not find the fused path at least as fast (docs/benchmarks.md). Both give
 # the same values (the fused dot and norms accumulate in float64; see tests/meta/test_grad_stats.py).
-# The finite check (finite_flag) has its own per-device choice (see there).
+# The same switch picks the finite check's implementation (finite_flag).
 FUSED = {"cuda": True, "cpu": False}
 
 
@@ -39,10 +39,10 @@ def finite_flag(tensors: List[torch.Tensor], fused: Optional[bool] = None) -> to
 
     Exact for every float dtype; empty tensors count as finite. ``fused``:
 
-    * None (default): per device. CUDA: the fused norms below. CPU: ``torch.aminmax`` per tensor (one pass,
-      no temporary; NaN propagates to both, an infinity shows as the min or max), ~10x faster there than
-      ``isfinite`` (three elementwise passes and a bool tensor per parameter) and than float64 norms (which
-      convert each tensor to a float64 copy on CPU).
+    * None (default): per device, by :data:`FUSED`. Fused devices (CUDA): the norms below. Others (CPU):
+      ``torch.aminmax`` per tensor (one pass, no temporary; NaN propagates to both, an infinity shows as the
+      min or max), ~10x faster there than ``isfinite`` (three elementwise passes and a bool tensor per
+      parameter) and than float64 norms (which convert each tensor to a float64 copy on CPU).
     * True: per-tensor norms, one multi-tensor kernel per list on CUDA -- the float64 2-norm for
       fp32/fp16/bf16 tensors (finite exactly when every element is: squares of finite fp32 values cannot
       overflow float64) and the max-abs norm for float64 tensors.
@@ -54,7 +54,7 @@ def finite_flag(tensors: List[torch.Tensor], fused: Optional[bool] = None) -> to
     nonempty = [t.detach() for t in tensors if t.numel()]  # min/max/norms of empty tensors are undefined
     if not nonempty:
         return torch.ones((), dtype=torch.bool, device=tensors[0].device)
-    if fused is None and nonempty[0].device.type == "cpu":
+    if not _use_fused(nonempty, fused):
         return torch.isfinite(torch.stack([x for t in nonempty for x in torch.aminmax(t)])).all()
     narrow = [t for t in nonempty if t.dtype != torch.float64]
     wide = [t for t in nonempty if t.dtype == torch.float64]

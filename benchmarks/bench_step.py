@@ -2,7 +2,7 @@
 """Step time and peak memory of the training step variants, in ONE process, same model and batch.
 
     python benchmarks/bench_step.py                      # CPU: quick R18-FPN at 128x256, 2+2 images
-    python benchmarks/bench_step.py --device cuda        # GPU: R50-C4 at 600x1200, 2+2 (DESIGN §7)
+    python benchmarks/bench_step.py --device cuda        # GPU: R50-C4 at 600x1200, 2+2 images
 
 Variants: source-only, DA joint (img + ins + consistency), MetaAlign first-order the official way (inner
 gradient with a retained graph, L_align backpropagated twice), MetaAlign first-order (ours: one backward
@@ -65,6 +65,7 @@ def run_variant(name, cfg, base_model, source, target, args):
         trainer = MetaAlignAMPTrainer(model, loader, optimizer, options, dtype="bfloat16")
     else:
         trainer = MetaAlignSimpleTrainer(model, loader, optimizer, options)
+    trainer.log_period = 20  # as SOLVER.LOG_PERIOD's default: metrics read from the device every 20 steps
     cuda = args.device.startswith("cuda")
     times = []
     with EventStorage(0) as storage:

@@ -212,12 +212,25 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         return float(self.weight_norm_tensor())
 
     def weight_norm_tensor(self) -> torch.Tensor:
-        """:meth:`weight_norm` as a 0-d float64 tensor on the weights' device (no host sync)."""
+        """:meth:`weight_norm` as a 0-d float64 tensor on the weights' device (no host sync).
+
+        Remembered with the weights' autograd version counters and storages: the norm before a step's update
+        is the one computed after the previous update unless a weight was changed in place (loading a
+        checkpoint, a hook) or replaced since -- one full pass over the weights per step instead of two (on
+        CPU the float64 norm converts every weight tensor). A change through ``p.data`` is not versioned and
+        would go unseen; nothing in training does that between steps.
+        """
         tensors = [p.detach() for p in self.params.values() if p.numel()]
         if not tensors:
             return torch.zeros((), dtype=torch.float64)
+        key = tuple((p._version, p.data_ptr()) for p in self.params.values())
+        cached = getattr(self, "_weight_norm_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
-        return torch.linalg.vector_norm(torch.stack(norms))
+        norm = torch.linalg.vector_norm(torch.stack(norms))
+        self._weight_norm_cache = (key, norm)
+        return norm
 
     def check_update(self, norm_before: float, norm_after: float):
         """Stop (before this iteration's checkpoint hook runs) when the update diverged: non-finite weights,

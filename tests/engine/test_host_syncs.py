@@ -124,3 +124,17 @@ def test_non_finite_loss_with_finite_gradients_stops_before_the_update():
     with EventStorage(0), pytest.raises(FloatingPointError, match="Loss became infinite or NaN at iteration 0"):
         trainer.run_step()
     assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+
+
+def test_weight_norm_is_remembered_until_a_weight_changes():
+    """The norm before an update is the one after the previous update, unless a weight changed in place."""
+    trainer = _step_trainer("none", log_period=1)
+    first = trainer.weight_norm_tensor()
+    assert trainer.weight_norm_tensor() is first  # no weight changed: not recomputed
+    weight = next(iter(trainer.params.values()))
+    with torch.no_grad():
+        weight.mul_(3.0)  # an in-place change (a hook, a loaded checkpoint) bumps the version counter
+    changed = trainer.weight_norm_tensor()
+    exact = torch.linalg.vector_norm(torch.cat([p.detach().double().reshape(-1) for p in trainer.params.values()]))
+    assert changed is not first and float(changed) == pytest.approx(float(exact), rel=1e-12)
+    assert float(changed) > float(first)

@@ -16,8 +16,9 @@ set is half of the parameters) and "all finite" of the returned gradient, and re
   products (sum|p| - 2 sum max(-p, 0) in float64), norm-based finite checks.
 
 The step picks the grad_cos terms' implementation per device type (``grad_stats.FUSED``) and the finite
-check's too (CUDA: the fused norms; CPU: ``torch.aminmax`` per tensor): the third row. Both run on the same random gradients with the
-detector's real parameter shapes and are compared with a float64 reference. Prints one Markdown table.
+check's too (CUDA: the fused norms; CPU: ``torch.aminmax`` per tensor): the third row. All run on the same
+random gradients with the detector's real parameter shapes and are compared with a float64 reference.
+Prints one Markdown table.
 """
 import argparse
 import statistics

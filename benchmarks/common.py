@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def preset_cfg(preset, device, extra=()):
-    """``gpu``: R50-C4 DA-Faster at 600x1200 (the design study's GPU reference set-up); ``cpu``: the quick R18-FPN schedule."""
+    """``gpu``: R50-C4 DA-Faster at 600x1200 (the design study's GPU set-up); ``cpu``: the quick R18-FPN."""
     if preset == "gpu":
         # Random weights (nothing can be downloaded): an untrained R50 with FrozenBN has losses in the
         # thousands and diverges under any update, so the weights stay fixed (lr 0, hence alpha 0). Every

@@ -283,7 +283,8 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             meta = {}
             for k, v in stats.items():
                 v = read.get((i, 1, k), v)
-                if not torch.is_tensor(v) and isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+                numeric = isinstance(v, (int, float)) and not isinstance(v, bool)  # flags stay tensors
+                if numeric and np.isfinite(v):
                     meta[k if "/" in k else f"meta/{k}"] = float(v)
             records.append((it, {k: float(v) for k, v in metrics.items()}, meta, data_time))
         all_records = comm.gather(records) if collective else [records]

@@ -1,4 +1,5 @@
 # Two commands for a fresh machine: `make test` and `make demo`. Each creates/reuses .venv first.
+# `make test` = the lint (ruff, configured in pyproject.toml), then the test suite; CI (.ci/run) runs it.
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
@@ -8,6 +9,7 @@ env:
 	python3 tools/bootstrap.py
 
 test: env
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 demo: env

@@ -4,6 +4,9 @@
     python benchmarks/bench_step.py                      # CPU: quick R18-FPN at 128x256, 2+2 images
     python benchmarks/bench_step.py --device cuda        # GPU: R50-C4 at 600x1200, 2+2 images
 
+The GPU preset uses the model, input size and batch of the earlier H200 step timings in docs/benchmarks.md
+("Step timings on an H200").
+
 Variants: source-only, DA joint (img + ins + consistency), MetaAlign first-order the official way (inner
 gradient with a retained graph, L_align backpropagated twice), MetaAlign first-order (ours: one backward
 per loss), MetaAlign second-order (finite-difference HVP: roi_align has no double backward), and on CUDA

@@ -25,6 +25,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import metaalign_det  # noqa: E402,F401  (compat first)
+
+# isort: split
 import torch  # noqa: E402
 
 
@@ -102,9 +104,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from detectron2.data import build_detection_test_loader
     from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator, inference_on_dataset
-    from detectron2.data import build_detection_test_loader
     from detectron2.utils.logger import setup_logger
 
     from metaalign_det.data.datasets import builtin

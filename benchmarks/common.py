@@ -7,6 +7,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import metaalign_det  # noqa: E402,F401
+
+# isort: split
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from metaalign_det.cli import setup_cfg  # noqa: E402
@@ -15,7 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def preset_cfg(preset, device, extra=()):
-    """``gpu``: R50-C4 DA-Faster at 600x1200 (the design study's GPU set-up); ``cpu``: the quick R18-FPN."""
+    """``gpu``: R50-C4 DA-Faster at 600x1200, the set-up of the H200 step timings in docs/benchmarks.md;
+    ``cpu``: the quick R18-FPN schedule."""
     if preset == "gpu":
         # Random weights (nothing can be downloaded): an untrained R50 with FrozenBN has losses in the
         # thousands and diverges under any update, so the weights stay fixed (lr 0, hence alpha 0). Every

@@ -27,10 +27,10 @@ def _detectron2_importable():
 if _detectron2_importable():
     compat.apply()
 
-    from . import modeling  # noqa: E402  (registers DomainAdaptiveRCNN, DA heads, the VGG16 backbone)
-    from . import evaluation  # noqa: E402  (DetectionAPEvaluator)
-    from . import data  # noqa: E402  (registers the builtin datasets and the demo pair; reads no file)
-    from .config import add_metaalign_config  # noqa: E402
+    # data: the builtin datasets and the demo pair (reads no file); evaluation: DetectionAPEvaluator;
+    # modeling: DomainAdaptiveRCNN, the DA heads, the VGG16 backbone -- each registers them on import
+    from . import data, evaluation, modeling
+    from .config import add_metaalign_config
 
     __all__ = ["add_metaalign_config", "compat", "data", "evaluation", "modeling"]
 else:

@@ -96,6 +96,67 @@ def add_metaalign_config(cfg):
     # Iterations between metric writes (console, metrics.json, TensorBoard); detectron2 hard-codes 20.
     _C.SOLVER.LOG_PERIOD = 20
 
+    # ---- teacher-student adaptation (docs/teacher.md) -------------------------------------------------
+    # Strong view = photometric changes of the weak (mapper: resize + flip) view, geometry untouched.
+    _C.INPUT.STRONG_AUG = CN()
+    # Source views of the supervised loss: "weak" (the mapper's), "strong" (its strong view instead) or "both"
+    # (weak + strong copies of every source image, as Adaptive Teacher; twice the source images per step).
+    _C.INPUT.STRONG_AUG.SOURCE = "weak"
+    # The student's pseudo-label loss sees the strong view of the target images (needs TEACHER.ENABLED).
+    _C.INPUT.STRONG_AUG.TARGET = False
+    # Probability of colour jitter (brightness, contrast, saturation, hue in a random order).
+    _C.INPUT.STRONG_AUG.COLOR_JITTER_PROB = 0.8
+    # Brightness factor drawn from [1 - x, 1 + x].
+    _C.INPUT.STRONG_AUG.BRIGHTNESS = 0.4
+    # Contrast factor drawn from [1 - x, 1 + x].
+    _C.INPUT.STRONG_AUG.CONTRAST = 0.4
+    # Saturation factor drawn from [1 - x, 1 + x].
+    _C.INPUT.STRONG_AUG.SATURATION = 0.4
+    # Hue shift drawn from [-x, x] (fraction of the hue circle, <= 0.5).
+    _C.INPUT.STRONG_AUG.HUE = 0.1
+    # Probability of converting to grayscale (kept as 3 channels).
+    _C.INPUT.STRONG_AUG.GRAYSCALE_PROB = 0.2
+    # Probability of a Gaussian blur; its sigma (pixels) drawn uniformly from BLUR_SIGMA.
+    _C.INPUT.STRONG_AUG.BLUR_PROB = 0.5
+    # (min, max) sigma of the Gaussian blur, in pixels of the mapped image.
+    _C.INPUT.STRONG_AUG.BLUR_SIGMA = (0.1, 2.0)
+    # One random-erasing (cutout) pass per entry, each applied with that probability (Adaptive Teacher).
+    _C.INPUT.STRONG_AUG.ERASE_PROBS = (0.7, 0.5, 0.3)
+    # (min, max) erased area as a fraction of the image.
+    _C.INPUT.STRONG_AUG.ERASE_SCALE = (0.02, 0.2)
+    # (min, max) aspect ratio (height / width) of an erased rectangle, drawn log-uniformly.
+    _C.INPUT.STRONG_AUG.ERASE_RATIO = (0.3, 3.3)
+
+    # Exponential moving average of the model's weights (parameters and floating buffers).
+    _C.MODEL.EMA = CN()
+    # Keep an EMA, update it after every optimizer step, evaluate and checkpoint it ("ema" entry).
+    _C.MODEL.EMA.ENABLED = False
+    # ema = DECAY * ema + (1 - DECAY) * student, every step (Adaptive Teacher's keep rate: 0.9996).
+    _C.MODEL.EMA.DECAY = 0.9996
+
+    # Mean teacher: the EMA labels the weak target view, the student learns them on the strong view.
+    _C.TEACHER = CN()
+    # Turn the teacher on (needs MODEL.EMA.ENABLED and DATASETS.TRAIN_TARGET).
+    _C.TEACHER.ENABLED = False
+    # Source-only supervised iterations (no alignment, no pseudo-labels) before the teacher starts; 0 =
+    # start at once (e.g. from a source-only MODEL.WEIGHTS).
+    _C.TEACHER.BURN_IN_ITERS = 0
+    # Teacher at the end of burn-in: "student" (a copy of the student; Adaptive Teacher) or "ema" (keep the
+    # EMA accumulated during burn-in).
+    _C.TEACHER.INIT = "student"
+    # Teacher detections (per-class NMS as in inference) scoring at least this become pseudo-labels.
+    _C.TEACHER.SCORE_THRESH = 0.8
+    # Detection losses the student takes on pseudo-labelled target images, logged as loss_pseudo_*;
+    # Adaptive Teacher: the classification terms only (box regression from pseudo-boxes is unreliable).
+    _C.TEACHER.LOSSES = ("loss_rpn_cls", "loss_cls")
+    # Weight of every pseudo-label loss (Adaptive Teacher's unsupervised loss weight).
+    _C.TEACHER.LOSS_WEIGHT = 1.0
+    # Log teacher/agreement (student vs teacher on the weak target view) every N iterations; 0 = never.
+    _C.TEACHER.MONITOR_PERIOD = 20
+    # Log pseudo-label precision/recall against the target datasets' labels (fetched from DatasetCatalog,
+    # monitoring only: never fed to the model); needs labelled target sets.
+    _C.TEACHER.MONITOR_GT = False
+
     # ---- mixed precision ----------------------------------------------------------------------------
     # Autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a GradScaler) or "bfloat16" (no scaler; CPU too).
     _C.SOLVER.AMP.DTYPE = "float16"

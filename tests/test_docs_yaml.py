@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 import metaalign_det  # noqa: F401
+
+# isort: split
 from detectron2.config import CfgNode, get_cfg
 
 from metaalign_det.config import add_metaalign_config

@@ -30,6 +30,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import metaalign_det  # noqa: E402,F401  (compat first; registers models and datasets)
+
+# isort: split
 import torch  # noqa: E402
 from detectron2.data import DatasetMapper  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -113,8 +115,11 @@ def _batches(cfg, name, max_images, seed, batch_size=4):
 def analyze(cfg, weights, source, target, levels, args):
     """PAD per representation and grad_cos for one checkpoint; returns a dict."""
     model = build_model(cfg)
-    load_checked_weights(model, weights)  # raises on a checkpoint that does not fit the config
+    use_ema = bool(cfg.MODEL.EMA.ENABLED)  # EMA configs: the evaluated model is the checkpoint's "ema" entry
+    load_checked_weights(model, weights, use_ema=use_ema)  # raises on a checkpoint that does not fit the config
     state = torch.load(weights, map_location="cpu", weights_only=False) if weights.endswith(".pth") else {}
+    if use_ema and isinstance(state, dict) and isinstance(state.get("ema"), dict):
+        state = state["ema"]
     keys = set(state.get("model", state)) if isinstance(state, dict) else set()
     # a checkpoint trained without DA heads (source-only): the heads keep their initialisation here
     heads_from_init = any(k.startswith(("da_img_head.", "da_ins_head.")) for k in model.state_dict()) and \

@@ -17,6 +17,8 @@ import logging
 import os
 
 import metaalign_det  # noqa: F401  (compat first; registers the project's models and datasets)
+
+# isort: split
 from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import launch
 from detectron2.evaluation import inference_on_dataset
@@ -113,7 +115,8 @@ def setup(args):
     cpu_cfg.defrost()
     cpu_cfg.MODEL.DEVICE = "cpu"
     model = build_model(cpu_cfg)
-    for warning in load_checked_weights(model, args.weights, allow_missing=args.allow_missing_keys):
+    for warning in load_checked_weights(model, args.weights, allow_missing=args.allow_missing_keys,
+                                        use_ema=cfg.MODEL.EMA.ENABLED):
         logging.getLogger(__name__).warning(warning)
     return cfg, datasets, model
 
@@ -125,7 +128,7 @@ def run(cfg, args, datasets, model=None):
         register_coco_json(args.coco_json)
         register_config_datasets(cfg)
         model = build_model(cfg)
-        load_checked_weights(model, args.weights, allow_missing=args.allow_missing_keys)
+        load_checked_weights(model, args.weights, allow_missing=args.allow_missing_keys, use_ema=cfg.MODEL.EMA.ENABLED)
     else:
         model.to(cfg.MODEL.DEVICE)
     reports = {}

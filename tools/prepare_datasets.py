@@ -30,6 +30,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import metaalign_det  # noqa: E402,F401  (compat before detectron2)
+
+# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 from metaalign_det.data.datasets import builtin  # noqa: E402

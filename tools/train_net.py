@@ -17,10 +17,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import metaalign_det  # noqa: E402  (applies compat before detectron2 is imported)
+
+# isort: split
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
-from metaalign_det.engine import MetaAlignTrainer  # noqa: E402
 from metaalign_det.cli import setup_cfg  # noqa: E402
+from metaalign_det.engine import MetaAlignTrainer  # noqa: E402
 from metaalign_det.engine.checkpoint import AtomicDetectionCheckpointer  # noqa: E402
 from metaalign_det.engine.setup import setup_run  # noqa: E402
 from metaalign_det.engine.trainer import check_device, check_eval_config, check_model_weights  # noqa: E402
@@ -47,7 +49,9 @@ def main(args):
             if not cfg.MODEL.WEIGHTS:
                 raise ValueError("--eval-only needs MODEL.WEIGHTS: the checkpoint to evaluate")
             check_model_weights(cfg.MODEL.WEIGHTS)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        ckpt = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if cfg.MODEL.EMA.ENABLED and isinstance(ckpt.get("ema"), dict):  # evaluate the EMA, as training does
+            checkpointer.model.load_state_dict(ckpt["ema"]["model"])
         return Trainer.test(cfg, checkpointer.model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

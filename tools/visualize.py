@@ -19,12 +19,13 @@ import logging
 import os
 
 import metaalign_det  # noqa: F401  (compat first; registers the project's models and datasets)
+
+# isort: split
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
-from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights
 from metaalign_det.cli import (
     ToolError,
     fail,
@@ -33,6 +34,7 @@ from metaalign_det.cli import (
     register_coco_json,
     split_config_overrides,
 )
+from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights
 from metaalign_det.utils.plots import load_metrics, plot_training_curves
 from metaalign_det.utils.visualization import (
     draw_ground_truth,
@@ -92,7 +94,7 @@ def _predictors(args):
             cfg.MODEL.DEVICE = args.device
         cfg.MODEL.WEIGHTS = ""  # DefaultPredictor then builds without loading; the checked load follows
         predictor = DefaultPredictor(cfg)
-        for warning in load_checked_weights(predictor.model, weights):
+        for warning in load_checked_weights(predictor.model, weights, use_ema=cfg.MODEL.EMA.ENABLED):
             logging.getLogger(__name__).warning(warning)
         predictors.append(predictor)
     return predictors

@@ -14,8 +14,9 @@ Protocol (deterministic for a given ``seed``):
 
 1. groups of each domain are shuffled and split into two halves (2-fold cross-fitting);
 2. per fold, features are standardised with the training half's mean/std, and an L2-regularised logistic
-   regression is fitted for each ``l2`` in ``l2_grid``; the one with the lowest error on held-out training groups (fit on
-   half of the training half's groups, select on the other half) is refitted on the whole training half (model selection never sees the test half);
+   regression is fitted for each ``l2`` in ``l2_grid``; the one with the lowest error on held-out training
+   groups (fit on half of the training half's groups, select on the other half) is refitted on the whole
+   training half (model selection never sees the test half);
 3. eps = test error, averaged over both folds with each domain weighted equally (balanced error, so unequal
    sample counts per domain cannot move it).
 """

@@ -26,6 +26,7 @@ decode of ``--verify-images`` finds those.)
 """
 import logging
 import random
+from typing import Any, Callable, Optional, Sequence
 
 from detectron2.data.common import DatasetFromList
 from PIL import Image
@@ -59,7 +60,8 @@ class SafeImageMapper:
         skipped (dict): file name -> reason of every file skipped in this process.
     """
 
-    def __init__(self, mapper, on_unreadable="skip", max_skipped=100, fallback=None):
+    def __init__(self, mapper: Callable[[dict], Any], on_unreadable: str = "skip", max_skipped: int = 100,
+                 fallback: Optional[Sequence[dict]] = None) -> None:
         if on_unreadable not in _POLICIES:
             raise ValueError(f"on_unreadable must be one of {_POLICIES}, got {on_unreadable!r}")
         if int(max_skipped) < 0:
@@ -73,7 +75,7 @@ class SafeImageMapper:
         self._fallback = fallback
         self._rng = random.Random(0)
 
-    def __call__(self, dataset_dict):
+    def __call__(self, dataset_dict: dict) -> Any:
         file_name = dataset_dict.get("file_name", "<no file_name>")
         if file_name in self.skipped:  # a known bad file sampled again: no second decode, no second warning
             return self._replacement()

@@ -21,9 +21,10 @@ forward pass of the step (the MetaAlign step has 2 to 5). On CPU both are no-ops
 """
 import itertools
 import logging
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetCatalog,
     DatasetMapper,
@@ -56,7 +57,7 @@ class ResumableTrainingSampler(TrainingSampler):
     ``skip`` counts indices of the global stream (all processes), i.e. ``start_iter * total_batch_size``.
     """
 
-    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None, skip: int = 0):
+    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None, skip: int = 0) -> None:
         super().__init__(size, shuffle=shuffle, seed=seed)
         self._skip = int(skip)
 
@@ -64,13 +65,13 @@ class ResumableTrainingSampler(TrainingSampler):
     def seed(self) -> int:
         return self._seed
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         yield from itertools.islice(
             self._infinite_indices(), self._skip + self._rank, None, self._world_size
         )
 
 
-def check_dataset_names(key: str, names) -> None:
+def check_dataset_names(key: str, names: Sequence[str]) -> None:
     """Raise one clear ValueError if ``names`` (value of cfg ``key``) is empty or has unregistered names."""
     if not names:
         raise ValueError(f"{key} is empty: name at least one registered dataset")
@@ -94,7 +95,7 @@ def _classes(names) -> Optional[List[str]]:
     return classes
 
 
-def check_class_lists(cfg) -> None:
+def check_class_lists(cfg: CfgNode) -> None:
     """Source and target must declare the same classes (when both declare them), and match NUM_CLASSES."""
     src = _classes(cfg.DATASETS.TRAIN)
     tgt = _classes(cfg.DATASETS.TRAIN_TARGET) if cfg.DATASETS.TRAIN_TARGET else None
@@ -120,7 +121,7 @@ def _has_box(record) -> bool:
     return any(not a.get("iscrowd", 0) for a in record.get("annotations", ()))
 
 
-def labelled_source_dicts(cfg) -> List[dict]:
+def labelled_source_dicts(cfg: CfgNode) -> List[dict]:
     """The DATASETS.TRAIN records, without the images that have no (non-crowd) box when
     DATALOADER.FILTER_EMPTY_ANNOTATIONS is set (as detectron2 filters them).
 
@@ -194,7 +195,8 @@ def _instances_to(inst: Instances, device: torch.device, non_blocking: bool) -> 
     return out
 
 
-def batch_to_device(batch: Optional[List[dict]], device, non_blocking: bool = True) -> Optional[List[dict]]:
+def batch_to_device(batch: Optional[List[dict]], device: Union[str, torch.device],
+                    non_blocking: bool = True) -> Optional[List[dict]]:
     """The batch with every tensor and ``Instances`` of its dicts on ``device`` (new dicts; other values
     kept). ``non_blocking``: asynchronous host->GPU copies where the source is pinned (:func:`pin_batch`);
     from pageable memory torch copies synchronously anyway. A batch on CPU for a CPU device is returned
@@ -228,7 +230,8 @@ class PairedDataLoader:
             for a CUDA device).
     """
 
-    def __init__(self, source, target, seeds, pin_memory: bool = False):
+    def __init__(self, source: Iterable[list], target: Optional[Iterable[list]],
+                 seeds: Dict[str, Optional[int]], pin_memory: bool = False) -> None:
         self.source, self.target, self.seeds = source, target, seeds
         self.pin_memory = bool(pin_memory)
 
@@ -240,7 +243,13 @@ class PairedDataLoader:
             yield (pin_batch(s), pin_batch(t)) if self.pin_memory else (s, t)
 
 
-def build_paired_train_loader(cfg, start_iter: int = 0, seeds: Optional[dict] = None, mapper=None):
+def build_paired_train_loader(
+    cfg: CfgNode,
+    start_iter: int = 0,
+    seeds: Optional[Dict[str, Optional[int]]] = None,
+    mapper: Optional[Callable[[dict], dict]] = None,
+    target_mapper: Optional[Callable[[dict], dict]] = None,
+) -> PairedDataLoader:
     """Build the paired loader for ``cfg``.
 
     Args:
@@ -248,6 +257,8 @@ def build_paired_train_loader(cfg, start_iter: int = 0, seeds: Optional[dict] = 
         seeds: sampler seeds to reuse ({"source", "target"}), e.g. from a checkpoint; default from cfg.SEED.
         mapper: the source mapper (default ``DatasetMapper(cfg, True)``); the target uses the same
             augmentations on annotation-free records.
+        target_mapper: the target's mapper if it needs its own (teacher-student: one that also records the
+            geometric transform, data/augmentation.py); default ``mapper``.
     """
     check_dataset_names("DATASETS.TRAIN", cfg.DATASETS.TRAIN)
     da_on = cfg.MODEL.DA_HEADS.IMG_ENABLED or cfg.MODEL.DA_HEADS.INS_ENABLED
@@ -277,7 +288,7 @@ def build_paired_train_loader(cfg, start_iter: int = 0, seeds: Optional[dict] = 
         )
         target, t_seed = _domain_loader(
             cfg, target_dicts, cfg.SOLVER.TARGET_IMS_PER_BATCH, seeds["target"],
-            start_iter * cfg.SOLVER.TARGET_IMS_PER_BATCH, mapper,
+            start_iter * cfg.SOLVER.TARGET_IMS_PER_BATCH, target_mapper if target_mapper is not None else mapper,
         )
         logger.info(
             "Paired loader: %d source images (%s), %d target images (%s, labels stripped)",

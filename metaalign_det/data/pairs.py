@@ -44,9 +44,11 @@ an error. ``tools/train_net.py`` calls :func:`register_pair_manifests` on ``cfg.
 before building any loader.
 """
 import copy
+import functools
 import json
 import os
 import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -78,12 +80,12 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _PAIRS = {}
 
 
-def pair_dataset_names(name):
+def pair_dataset_names(name: str) -> Dict[str, str]:
     """``{"source": "<name>_source", "target": "<name>_target", "test": "<name>_test"}``."""
     return {role: f"{name}_{role}" for role in ROLES}
 
 
-def registered_pairs():
+def registered_pairs() -> Dict[str, dict]:
     """A copy of every pair registered in this process: name -> normalised definition."""
     return copy.deepcopy(_PAIRS)
 
@@ -242,8 +244,17 @@ def _describe(spec):
     return f"registered dataset {spec['name']}"
 
 
-def register_domain_pair(name, classes, source, target, test, class_map=None, base_dir=None, description=None,
-                         _origin=None):
+def register_domain_pair(
+    name: str,
+    classes: Sequence[str],
+    source: Mapping[str, Any],
+    target: Mapping[str, Any],
+    test: Mapping[str, Any],
+    class_map: Optional[Mapping[str, Optional[str]]] = None,
+    base_dir: Optional[str] = None,
+    description: Optional[str] = None,
+    _origin: Optional[str] = None,
+) -> Dict[str, str]:
     """Register ``<name>_source``, ``<name>_target`` and ``<name>_test`` (see the module docstring).
 
     ``source`` / ``target`` / ``test`` are set mappings as in a manifest; relative paths are relative to
@@ -266,8 +277,8 @@ def register_domain_pair(name, classes, source, target, test, class_map=None, ba
     for role in ROLES:
         spec = definition[role]
         ds = names[role]
-        loader = (lambda spec=spec, classes=tuple(definition["classes"]), cmap=definition["class_map"],
-                  ctx=f"{where}: {role}", role=role: _load_set(spec, classes, cmap, ctx, role))
+        loader = functools.partial(_load_set, spec, tuple(definition["classes"]), definition["class_map"],
+                                   f"{where}: {role}", role)
         DatasetCatalog.register(ds, loader)
         MetadataCatalog.get(ds).set(
             thing_classes=list(definition["classes"]), evaluator_type="coco", domain_pair=name, role=role,
@@ -279,7 +290,7 @@ def register_domain_pair(name, classes, source, target, test, class_map=None, ba
     return names
 
 
-def unregister_domain_pair(name):
+def unregister_domain_pair(name: str) -> None:
     """Remove a pair registered by this module and its three datasets (tests, notebooks); no-op if absent."""
     if _PAIRS.pop(name, None) is None:
         return
@@ -289,7 +300,7 @@ def unregister_domain_pair(name):
             MetadataCatalog.remove(ds)
 
 
-def load_manifest(path):
+def load_manifest(path: str) -> Dict[str, Any]:
     """Read and validate a pair manifest (YAML or JSON); return its fields with ``base_dir`` set.
 
     The result can be passed to :func:`register_domain_pair` as keyword arguments.
@@ -327,7 +338,7 @@ def _one_line(error):
     return " ".join(str(error).split())
 
 
-def register_pair_manifests(paths):
+def register_pair_manifests(paths: Union[str, Iterable[str], None]) -> List[str]:
     """Register every manifest in ``paths`` (e.g. ``cfg.DATASETS.PAIR_MANIFESTS``); return the dataset names.
 
     Idempotent, so train_net and eval can both call it. A string is taken as one path.

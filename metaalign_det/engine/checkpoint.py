@@ -2,6 +2,7 @@
 ``last_checkpoint`` tag pointing at one; never with non-finite weights; and a file that is not a checkpoint
 is one error naming it, not a pickle traceback."""
 import os
+from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -19,7 +20,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     trainer stops a diverged run before its checkpoint hook, this is the last line of defence.
     """
 
-    def save(self, name: str, **kwargs) -> None:
+    def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}

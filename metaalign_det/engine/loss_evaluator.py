@@ -2,7 +2,7 @@
 alignment losses at given parameter values, as the loss callables :func:`metaalign_det.meta.meta_align_grads`
 takes."""
 import contextlib
-from typing import Dict
+from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
 
@@ -30,7 +30,14 @@ class LossEvaluator:
             tensors, see ``DomainAdaptiveRCNN.last_alignment_metrics``); empty without alignment.
     """
 
-    def __init__(self, model, source, target, autocast_ctx=contextlib.nullcontext, seed=0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        source: List[dict],
+        target: Optional[List[dict]],
+        autocast_ctx: Callable[[], ContextManager] = contextlib.nullcontext,
+        seed: int = 0,
+    ) -> None:
         self.model, self.source, self.target = model, source, target
         self.autocast_ctx = autocast_ctx
         self.split = getattr(model, "split_losses", None)
@@ -76,10 +83,10 @@ class LossEvaluator:
         # half-precision losses (autocast) are summed in fp32; fp32/fp64 ones keep their dtype
         return sum(v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for v in losses.values())
 
-    def align_loss(self, p):
+    def align_loss(self, p: Dict[str, torch.Tensor]) -> torch.Tensor:
         ref = next(iter(p.values()))
         return self._total(self._get(p, "align"), ref)
 
-    def det_loss(self, p):
+    def det_loss(self, p: Dict[str, torch.Tensor]) -> torch.Tensor:
         ref = next(iter(p.values()))
         return self._total(self._get(p, "det"), ref)

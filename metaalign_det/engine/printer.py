@@ -29,7 +29,7 @@ class TrainingMetricPrinter(EventWriter):
         window_size: median window for the printed values, in logged values.
     """
 
-    def __init__(self, max_iter: Optional[int] = None, window_size: int = 20):
+    def __init__(self, max_iter: Optional[int] = None, window_size: int = 20) -> None:
         self.logger = logging.getLogger("metaalign_det.train")
         self._max_iter = max_iter
         self._window_size = window_size
@@ -59,7 +59,7 @@ class TrainingMetricPrinter(EventWriter):
         storage.put_scalar("eta_seconds", seconds, smoothing_hint=False)
         return f"eta: {datetime.timedelta(seconds=int(seconds))}  "
 
-    def write(self):
+    def write(self) -> None:
         storage = get_event_storage()
         iteration = storage.iter
         if iteration == self._max_iter:  # training finished: nothing new to report
@@ -79,6 +79,9 @@ class TrainingMetricPrinter(EventWriter):
             tgt = self._median(storage, f"da/{level}_acc_target")
             if src is not None and tgt is not None:
                 parts.append(f"da {level} acc src/tgt: {src:.2f}/{tgt:.2f}")
+        pseudo = self._median(storage, "teacher/pseudo_per_image")  # teacher-student runs (docs/teacher.md)
+        if pseudo is not None:
+            parts.append(f"pseudo/img: {pseudo:.2f}")
         iter_time = self._median(storage, "time")
         if iter_time is not None:
             parts.append(f"time: {iter_time:.4f}")

@@ -1,10 +1,13 @@
 """Setting up a run the way every tool of this project does: output directory, logging (dumps to the log file
 only), config.yaml, seeds. Building the config itself is :func:`metaalign_det.cli.setup_cfg`."""
+import argparse
 import logging
 import os
 import re
+from typing import Optional
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.env import seed_all_rng
@@ -45,7 +48,7 @@ def _is_log_file_handler(handler):
     return os.path.basename(str(getattr(getattr(handler, "stream", None), "name", ""))).startswith("log.txt")
 
 
-def setup_logging(output_dir, rank=0):
+def setup_logging(output_dir: Optional[str], rank: int = 0) -> None:
     """detectron2's loggers ("detectron2", "fvcore", "metaalign_det") writing everything to
     ``output_dir/log.txt`` (rank > 0: ``log.txt.rank<N>``) and, on rank 0, to the console without colour
     codes and without records marked :data:`FILE_ONLY`."""
@@ -57,7 +60,7 @@ def setup_logging(output_dir, rank=0):
                 handler.addFilter(_console_record)
 
 
-def setup_run(cfg, args):
+def setup_run(cfg: CfgNode, args: argparse.Namespace) -> None:
     """What detectron2's ``default_setup`` does -- output directory, loggers, environment / arguments / config
     in the log, OUTPUT_DIR/config.yaml, RNG seeds (SEED + rank), cudnn benchmark -- with a console that
     shows the run, not the dumps: the environment, the config and the model go to OUTPUT_DIR/log.txt only,

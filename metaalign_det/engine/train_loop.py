@@ -23,10 +23,11 @@ import contextlib
 import logging
 import math
 import time
-from typing import Dict, List, Optional
+from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
@@ -49,8 +50,9 @@ _ORDER = {"none": "none", "first_order": "first", "second_order": "second"}
 class MetaAlignStepOptions:
     """The META.* settings the step needs, validated once (one clear error per bad key)."""
 
-    def __init__(self, mode="none", direction="align_first", inner_lr_scale=10.0, params=(),
-                 hvp="auto", fd_eps=1e-3, joint_grad_cos_period=20):
+    def __init__(self, mode: str = "none", direction: str = "align_first", inner_lr_scale: float = 10.0,
+                 params: Sequence[str] = (), hvp: str = "auto", fd_eps: float = 1e-3,
+                 joint_grad_cos_period: int = 20) -> None:
         if mode not in _ORDER:
             raise ValueError(f"META.MODE must be one of {sorted(_ORDER)}, got {mode!r}")
         if direction not in ("align_first", "det_first", "alternate"):
@@ -68,7 +70,7 @@ class MetaAlignStepOptions:
         self.joint_grad_cos_period = int(joint_grad_cos_period)
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: CfgNode) -> "MetaAlignStepOptions":
         m = cfg.META
         return cls(m.MODE, m.DIRECTION, m.INNER_LR_SCALE, m.PARAMS, m.HVP, m.FD_EPS,
                    m.JOINT_GRAD_COS_PERIOD)
@@ -92,8 +94,8 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     log_period: int = 1
     max_iter: Optional[int] = None
 
-    def __init__(self, model, data_loader, optimizer, options: Optional[MetaAlignStepOptions] = None,
-                 seed: Optional[int] = None):
+    def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                 options: Optional[MetaAlignStepOptions] = None, seed: Optional[int] = None) -> None:
         # Not super(): in the AMP subclass the MRO's next class is AMPTrainer (see compat.init_step_trainer);
         # MetaAlignAMPTrainer builds its own GradScaler.
         compat.init_step_trainer(self, model, data_loader, optimizer)
@@ -105,16 +107,17 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         self.device = next(model.parameters()).device  # where batches are moved, once per step
         self.fast = set(select_params(named, self.options.params)) if self.options.params else None
         # the last step's stats; numeric values are 0-d device tensors (meta.grad_stats.materialize_stats)
-        self.last_stats: Dict[str, object] = {}
+        self.last_stats: Dict[str, Any] = {}
         self._hvp_known: Dict[str, str] = {}
-        self._pending_metrics: List[tuple] = []  # (iteration, losses, stats, data_time) not yet written
+        # (iteration, losses, stats, data_time) of the steps not yet written
+        self._pending_metrics: List[Tuple[int, dict, dict, float]] = []
         # theta' (and theta +- eps v) reuse these tensors step after step instead of fresh ones
         self._step_buffers = StepBuffers()
         # cfg.SEED when set (>= 0), else one random draw shared by all processes; checkpointed.
         self.seed_base = int(seed) if seed is not None and seed >= 0 else comm.shared_random_seed()
 
     # -- pieces -------------------------------------------------------------------------------------
-    def autocast_context(self):
+    def autocast_context(self) -> ContextManager[Any]:
         return contextlib.nullcontext()
 
     def loss_scale(self) -> float:
@@ -127,10 +130,17 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def compute_gradients(self, source, target):
-        """Return (grads: name -> tensor, stats: dict of floats, losses: name -> detached scalar)."""
+    def build_loss_evaluator(self, source: List[dict], target: Optional[List[dict]]) -> LossEvaluator:
+        """This step's LossEvaluator (a subclass may add detection losses: engine/teacher.py)."""
+        return LossEvaluator(self.model, source, target, self.autocast_context, self.step_seed())
+
+    def compute_gradients(
+        self, source: List[dict], target: Optional[List[dict]]
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, torch.Tensor]]:
+        """Return (grads: name -> tensor, stats: name -> 0-d device tensor, float or string (read on log steps
+        only, :meth:`flush_metrics`), losses: name -> detached 0-d tensor)."""
         opt = self.options
-        evaluator = LossEvaluator(self.model, source, target, self.autocast_context, self.step_seed())
+        evaluator = self.build_loss_evaluator(source, target)
         order = _ORDER[opt.mode]
         if target is None and order != "none":
             raise ValueError(f"META.MODE={opt.mode!r} needs a target batch: set DATASETS.TRAIN_TARGET")
@@ -159,7 +169,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         stats["losses_finite"] = finite_flag(list(losses.values())) if losses else True
         return grads, stats, losses
 
-    def assign_gradients(self, grads, stats):
+    def assign_gradients(self, grads: Dict[str, torch.Tensor], stats: Dict[str, Any]) -> None:
         """One coalesced all-reduce of the final gradients, then ``p.grad`` (scaled for the GradScaler).
 
         Under several processes ``stats["finite"]`` is re-computed from the *reduced* gradients and
@@ -185,7 +195,8 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             g = g.to(p.dtype)
             p.grad = g * scale if scale != 1.0 else g
 
-    def check_finite(self, stats, losses, check_grads=True):
+    def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor],
+                     check_grads: bool = True) -> None:
         """Stop before the update when the gradients (``stats["finite"]``) or the losses
         (``stats["losses_finite"]``) are non-finite: both flags are read in ONE device->host copy."""
         grads_ok, losses_ok = _read_flags([stats.get("finite", True) if check_grads else True,
@@ -203,7 +214,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
                 f"the update; the last checkpoint is intact. Lower SOLVER.BASE_LR or META.INNER_LR_SCALE."
             )
 
-    def optimizer_step(self):
+    def optimizer_step(self) -> None:
         self.optimizer.step()
 
     def weight_norm(self) -> float:
@@ -232,7 +243,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         self._weight_norm_cache = (key, norm)
         return norm
 
-    def check_update(self, norm_before: float, norm_after: float):
+    def check_update(self, norm_before: float, norm_after: float) -> None:
         """Stop (before this iteration's checkpoint hook runs) when the update diverged: non-finite weights,
         or a norm that one step multiplied by more than ``max_weight_norm_growth``."""
         growth = self.max_weight_norm_growth
@@ -249,7 +260,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             f"last checkpoint is intact. Lower SOLVER.BASE_LR (in the meta modes also META.INNER_LR_SCALE)."
         )
 
-    def write_step_metrics(self, losses, stats, data_time):
+    def write_step_metrics(self, losses: Dict[str, torch.Tensor], stats: Dict[str, Any], data_time: float) -> None:
         """Like SimpleTrainer.write_metrics plus the meta/* series, deferred: the values stay on the device
         until a log step (see ``log_period``), which reads every pending step in one copy."""
         self._pending_metrics.append((self.iter, dict(losses), dict(stats), data_time))
@@ -257,7 +268,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         if self.log_period <= 1 or (self.iter + 1) % self.log_period == 0 or last:
             self.flush_metrics()
 
-    def flush_metrics(self, collective: bool = True):
+    def flush_metrics(self, collective: bool = True) -> None:
         """Read the pending steps' losses and stats (one device->host copy) and put them into the current
         EventStorage under their own iterations (one ``comm.gather`` for all of them; ``collective=False``
         skips it and writes this process's values, for use after a failure, when another process may not
@@ -308,7 +319,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             storage.iter = current
 
     # -- the step -----------------------------------------------------------------------------------
-    def run_step(self):
+    def run_step(self) -> None:
         assert self.model.training, "[MetaAlignTrainer] model was changed to eval mode!"
         start = time.perf_counter()
         source, target = compat.next_batch(self)
@@ -330,8 +341,9 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         before, after = torch.stack([norm_before, self.weight_norm_tensor()]).tolist()  # host sync 2
         self.check_update(before, after)
 
-    # -- checkpointed state: RNG streams, so that kill-and-resume reproduces the uninterrupted run ------
-    def state_dict(self):
+    # -- checkpointed state: the step seed and the global RNG streams (restored for one process only), so
+    # that kill-and-resume reproduces the uninterrupted run; conditions: docs/training.md ----------------
+    def state_dict(self) -> dict:
         ret = super().state_dict()
         ret["step_seed_base"] = self.seed_base
         ret["rng"] = {
@@ -341,7 +353,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         }
         return ret
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self.seed_base = int(state_dict.get("step_seed_base", self.seed_base))
         rng = state_dict.get("rng")
@@ -352,7 +364,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def _read_flags(flags) -> List[bool]:
+def _read_flags(flags: Sequence[Union[bool, torch.Tensor]]) -> List[bool]:
     """Python bools of ``flags`` (bools or 0-d bool tensors): the tensors in one device->host copy."""
     tensors = [f for f in flags if torch.is_tensor(f)]
     if not tensors:
@@ -384,8 +396,9 @@ class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
     scale.
     """
 
-    def __init__(self, model, data_loader, optimizer, options=None, seed=None, dtype="float16",
-                 device_type=None):
+    def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                 options: Optional[MetaAlignStepOptions] = None, seed: Optional[int] = None, dtype: str = "float16",
+                 device_type: Optional[str] = None) -> None:
         if dtype not in _AMP_DTYPES:
             raise ValueError(f"SOLVER.AMP.DTYPE must be 'float16' or 'bfloat16', got {dtype!r}")
         self.amp_dtype = _AMP_DTYPES[dtype]
@@ -396,18 +409,19 @@ class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
         MetaAlignSimpleTrainer.__init__(self, model, data_loader, optimizer, options, seed)
         self.grad_scaler = scaler
 
-    def autocast_context(self):
+    def autocast_context(self) -> ContextManager[Any]:
         return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
-    def loss_scale(self):
+    def loss_scale(self) -> float:
         return float(self.grad_scaler.get_scale()) if self.grad_scaler.is_enabled() else 1.0
 
-    def check_finite(self, stats, losses, check_grads=True):
+    def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor],
+                     check_grads: bool = True) -> None:
         # fp16: the GradScaler sees inf/NaN gradients in step(), skips the update and lowers the scale;
         # non-finite losses still stop training.
         super().check_finite(stats, losses, check_grads=check_grads and not self.grad_scaler.is_enabled())
 
-    def optimizer_step(self):
+    def optimizer_step(self) -> None:
         if self.grad_scaler.is_enabled():
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()

@@ -10,23 +10,27 @@ are checked before the first iteration, each as one error naming the key: :func:
 import logging
 import os
 import weakref
+from typing import Dict, Iterable, List, Optional
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
-from detectron2.engine import DefaultTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, hooks
 from detectron2.modeling import build_model
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter
+from detectron2.utils.events import CommonMetricPrinter, EventWriter
 from detectron2.utils.logger import setup_logger
 
 from .. import compat
-from ..data.paired_loader import build_paired_train_loader
-from ..evaluation import build_evaluator
+from ..data.augmentation import build_target_view_mapper
+from ..data.paired_loader import PairedDataLoader, build_paired_train_loader
+from ..evaluation import DetectionAPEvaluator, build_evaluator
 from ..evaluation.ap import METRICS
 from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import broadcast_module_
 from .printer import TrainingMetricPrinter
 from .setup import FILE_ONLY
+from .teacher import build_teacher_step_trainer, check_teacher_config, uses_teacher_step
 from .train_loop import MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
 
 __all__ = [
@@ -41,10 +45,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def build_step_trainer(cfg, model, data_loader, optimizer):
+def build_step_trainer(
+    cfg: CfgNode, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer
+) -> MetaAlignSimpleTrainer:
     """The factory that picks the ``run_step`` class: SimpleTrainer- or AMPTrainer-based."""
     options = MetaAlignStepOptions.from_config(cfg)
-    if cfg.SOLVER.AMP.ENABLED:
+    if uses_teacher_step(cfg):  # teacher-student: EMA, mean teacher, strong views (engine/teacher.py)
+        step = build_teacher_step_trainer(cfg, model, data_loader, optimizer, options)
+    elif cfg.SOLVER.AMP.ENABLED:
         step = MetaAlignAMPTrainer(model, data_loader, optimizer, options, seed=cfg.SEED,
                                    dtype=cfg.SOLVER.AMP.DTYPE)
     else:
@@ -54,7 +62,7 @@ def build_step_trainer(cfg, model, data_loader, optimizer):
     return step
 
 
-def check_step_config(cfg):
+def check_step_config(cfg: CfgNode) -> None:
     """Config combinations that cannot work, each as one clear error."""
     da = cfg.MODEL.DA_HEADS
     if cfg.META.MODE != "none" and not (da.IMG_ENABLED or da.INS_ENABLED):
@@ -67,13 +75,14 @@ def check_step_config(cfg):
             f"MODEL.DA_HEADS is enabled but MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: "
             f"set it to 'DomainAdaptiveRCNN'"
         )
+    check_teacher_config(cfg)  # MODEL.EMA / TEACHER / INPUT.STRONG_AUG
 
 
 def _one_line(e):
     return " ".join(str(e).split())
 
 
-def check_device(cfg):
+def check_device(cfg: CfgNode) -> None:
     """MODEL.DEVICE must name a device this machine has (the shipped full-size configs say 'cuda')."""
     name = cfg.MODEL.DEVICE
     try:
@@ -92,7 +101,7 @@ def check_device(cfg):
             )
 
 
-def check_eval_config(cfg):
+def check_eval_config(cfg: CfgNode) -> None:
     """TEST.AP_METRIC / TEST.AP_IOU are valid and every DATASETS.TEST name is registered and loads.
 
     Loading each test set here (their loaders read annotation caches and check that the files exist) makes
@@ -123,7 +132,7 @@ def check_eval_config(cfg):
             raise ValueError(f"DATASETS.TEST: dataset '{name}' has no images")
 
 
-def check_model_weights(path, key="MODEL.WEIGHTS"):
+def check_model_weights(path: str, key: str = "MODEL.WEIGHTS") -> None:
     """A local weights file must exist and be readable; "" (random init) and URLs (``detectron2://``,
     ``https://``: fetched by detectron2 when loaded) pass. A file that exists but is not a checkpoint is
     reported when it is loaded (:class:`AtomicDetectionCheckpointer`)."""
@@ -144,7 +153,7 @@ def check_model_weights(path, key="MODEL.WEIGHTS"):
 class MetaAlignTrainer(DefaultTrainer):
     """DefaultTrainer whose step trains on (source, target) pairs with the MetaAlign / joint DA gradient."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: CfgNode) -> None:
         # Mirrors DefaultTrainer.__init__ except for: the step class (factory), no DDP wrapper (gradients are
         # averaged by the step, parameters broadcast here), and the atomic checkpointer.
         TrainerBase.__init__(self)
@@ -162,19 +171,21 @@ class MetaAlignTrainer(DefaultTrainer):
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        if getattr(self._trainer, "ema", None) is not None:  # teacher-student: the EMA is the "ema" entry
+            self.checkpointer.add_checkpointable("ema", self._trainer.ema)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
-    def after_train(self):
+    def after_train(self) -> None:
         # the steps since the last log step (a run stopped by an error): their metrics reach the writers'
         # final write; no collective, since another process may not be there to join it
         self._trainer.flush_metrics(collective=False)
         super().after_train()
 
     @classmethod
-    def build_model(cls, cfg):
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
         """detectron2's ``build_model``; the module tree goes to log.txt only, the console gets one line."""
         model = build_model(cfg)
         log = logging.getLogger(__name__)
@@ -185,16 +196,24 @@ class MetaAlignTrainer(DefaultTrainer):
                  type(model).__name__, n / 1e6, n_train / 1e6)
         return model
 
-    def build_hooks(self):
-        """detectron2's hooks, with the PeriodicWriter at SOLVER.LOG_PERIOD (detectron2 fixes it at 20)."""
+    def build_hooks(self) -> List[HookBase]:
+        """detectron2's hooks, with the PeriodicWriter at SOLVER.LOG_PERIOD (detectron2 fixes it at 20); with an
+        EMA (teacher-student) the EvalHook evaluates the EMA -- the teacher -- instead of the student."""
         self._event_writers = None
         ret = super().build_hooks()  # calls build_writers() once (main process)
+        if getattr(self._trainer, "ema", None) is not None:
+            ret = [hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_ema) if isinstance(h, hooks.EvalHook) else h
+                   for h in ret]
         if self._event_writers is None:
             return ret
         return [hooks.PeriodicWriter(self._event_writers, period=self.cfg.SOLVER.LOG_PERIOD)
                 if isinstance(h, hooks.PeriodicWriter) else h for h in ret]
 
-    def build_writers(self):
+    def _test_ema(self) -> Dict:
+        self._last_eval_results = self.test(self.cfg, self._trainer.ema.model)
+        return self._last_eval_results
+
+    def build_writers(self) -> List[EventWriter]:
         """detectron2's writers (metrics.json, TensorBoard) with our console line in place of
         CommonMetricPrinter: it adds ``meta/grad_cos`` and the discriminators' ``da/*`` accuracies."""
         self._event_writers = [TrainingMetricPrinter(self.max_iter) if isinstance(w, CommonMetricPrinter) else w
@@ -202,17 +221,23 @@ class MetaAlignTrainer(DefaultTrainer):
         return self._event_writers
 
     @classmethod
-    def build_train_loader(cls, cfg, start_iter=0, seeds=None):
-        return build_paired_train_loader(cfg, start_iter=start_iter, seeds=seeds)
+    def build_train_loader(cls, cfg: CfgNode, start_iter: int = 0,
+                           seeds: Optional[Dict[str, Optional[int]]] = None) -> PairedDataLoader:
+        return build_paired_train_loader(cfg, start_iter=start_iter, seeds=seeds,
+                                         target_mapper=build_target_view_mapper(cfg))
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
+                        output_folder: Optional[str] = None) -> DetectionAPEvaluator:
         return build_evaluator(cfg, dataset_name, output_folder)
 
-    def resume_or_load(self, resume=True):
+    def resume_or_load(self, resume: bool = True) -> None:
         if not (resume and self.checkpointer.has_checkpoint()):  # MODEL.WEIGHTS is what gets loaded
             check_model_weights(self.cfg.MODEL.WEIGHTS)
         super().resume_or_load(resume=resume)
+        ema = getattr(self._trainer, "ema", None)
+        if ema is not None and not ema.restored:  # teacher-student: no "ema" in the checkpoint: start from
+            ema.copy_from(self.model)              # the loaded weights (MODEL.WEIGHTS or the resumed model)
         if self.start_iter > 0:
             # Continue the data streams where the checkpointed run stopped, not from their beginning.
             start, seeds = self.start_iter, self._data_seeds
@@ -223,15 +248,16 @@ class MetaAlignTrainer(DefaultTrainer):
 
     # detectron2 v0.6's DefaultTrainer checkpoints only the iteration and the hooks: no optimizer state
     # (momentum, current lr), no grad scaler. Ours adds the step trainer's state (optimizer, grad scaler,
-    # step seed, RNG) and the data-stream seeds, so a resumed run continues the uninterrupted one.
-    def state_dict(self):
+    # step seed, RNG) and the data-stream seeds, so a resumed run continues the uninterrupted one (weight for
+    # weight under the conditions in docs/training.md: one process, no data-loading workers, ...).
+    def state_dict(self) -> dict:
         ret = super().state_dict()
         if not compat.default_trainer_checkpoints_step_trainer():  # v0.6
             ret["_trainer"] = self._trainer.state_dict()
         ret["data_seeds"] = dict(self._data_seeds)
         return ret
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict and not compat.default_trainer_checkpoints_step_trainer():  # v0.6
             self._trainer.load_state_dict(state_dict["_trainer"])

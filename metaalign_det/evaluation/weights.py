@@ -7,6 +7,8 @@ Rules (keys after detectron2's own loading: "model" entry, "module." prefix stri
 * a model key missing from the checkpoint under ``backbone.`` / ``proposal_generator.`` / ``roi_heads.``
   (what GeneralizedRCNN runs at inference) -> error, unless ``allow_missing``;
   other missing keys (e.g. domain discriminators, unused at inference) and unused checkpoint keys -> warnings.
+With ``use_ema`` (configs with MODEL.EMA.ENABLED) the checkpoint's ``"ema"`` entry -- the exponential moving
+average the trainer evaluates, the mean teacher -- is loaded instead of its ``"model"`` entry (the student).
 Checkpoints that detectron2 loads by name-matching heuristics (Caffe2/Detectron1 ``.pkl``, pycls) are not
 checked (their names differ by design); detectron2 logs what it matched.
 """
@@ -91,17 +93,28 @@ def _compare(model, ckpt: Dict, path: str, allow_missing: bool) -> List[str]:
     return warnings
 
 
-def check_weights_fit(model, path: str, allow_missing: bool = False) -> List[str]:
+def _select_ema(ckpt: Dict, path: str, use_ema: bool) -> Tuple[Dict, List[str]]:
+    """The checkpoint with its EMA weights as ``"model"`` when ``use_ema`` and it has them."""
+    if not use_ema:
+        return ckpt, []
+    ema = ckpt.get("ema")
+    if isinstance(ema, dict) and isinstance(ema.get("model"), dict):
+        return dict(ckpt, model=ema["model"]), []
+    return ckpt, [f"{path}: MODEL.EMA.ENABLED but the checkpoint has no 'ema' entry; using its 'model' weights"]
+
+
+def check_weights_fit(model, path: str, allow_missing: bool = False, use_ema: bool = False) -> List[str]:
     """Raise FileNotFoundError / WeightsMismatchError if ``path`` cannot be loaded into ``model``; else
     return warnings (missing non-inference keys, unused checkpoint keys)."""
-    return _compare(model, _read(model, path), path, allow_missing)
+    ckpt, notes = _select_ema(_read(model, path), path, use_ema)
+    return notes + _compare(model, ckpt, path, allow_missing)
 
 
-def load_checked_weights(model, path: str, allow_missing: bool = False) -> List[str]:
+def load_checked_weights(model, path: str, allow_missing: bool = False, use_ema: bool = False) -> List[str]:
     """:func:`check_weights_fit`, then load the same checkpoint into ``model`` the way DetectionCheckpointer
-    does (one read of the file). Returns the warnings."""
+    does (one read of the file). Returns the warnings. ``use_ema``: load the ``"ema"`` entry (see above)."""
     checkpointer = DetectionCheckpointer(model)
-    ckpt = _read(model, path)
-    warnings = _compare(model, ckpt, path, allow_missing)
+    ckpt, notes = _select_ema(_read(model, path), path, use_ema)
+    warnings = notes + _compare(model, ckpt, path, allow_missing)
     checkpointer._load_model(ckpt)  # detectron2's loader: ndarray conversion, heuristics, prefix stripping
     return warnings

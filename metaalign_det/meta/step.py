@@ -1,7 +1,7 @@
 """The MetaAlign gradient step as a pure function of parameter values (torch only).
 
-Math, for ``direction="align_first"`` (the paper: meta-train = alignment,
-meta-test = detection)::
+Math (docs/metaalign_step.md, with how it relates to the authors' code), for ``direction="align_first"``
+(the paper: meta-train = alignment, meta-test = detection)::
 
     theta' = theta - inner_lr * grad L_align(theta)
     objective(theta) = L_align(theta) + L_det(theta')
@@ -51,8 +51,8 @@ __all__ = [
 ]
 
 ORDERS = ("none", "first", "second")
-# META.MODE names the modes "first_order"/"second_order"; accept those spellings so config values pass
-# straight through.
+# The config (META.MODE) names the modes "first_order"/"second_order"; accept those spellings so config
+# values pass straight through.
 _ORDER_ALIASES = {"first_order": "first", "second_order": "second"}
 DIRECTIONS = ("align_first", "det_first")
 _DIRECTION_CHOICES = DIRECTIONS + ("alternate",)
@@ -163,7 +163,7 @@ def meta_align_grads(
             compute both losses in one forward and cache them (compare with ``is`` against a held
             reference, not ``id()``, which can be reused).
         inner_lr: alpha >= 0, the inner (fast-weight) step size in parameter units per gradient unit
-            (the trainer: META.INNER_LR_SCALE x current lr).
+            (the authors' meta_lr x current lr; the trainer passes META.INNER_LR_SCALE x lr).
         order: "none", "first" or "second" (aliases "first_order", "second_order"); see the module doc.
         direction: "align_first" (inner step on L_align, paper) or "det_first" (roles swapped).
             "alternate" must be resolved per iteration first, with :func:`resolve_direction`.

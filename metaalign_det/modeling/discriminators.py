@@ -19,11 +19,10 @@ from typing import Dict, List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.utils.registry import Registry
+from torch import nn
 
 from .grl import GradientReversal
 

@@ -31,12 +31,11 @@ from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.roi_heads import Res5ROIHeads, StandardROIHeads
 from detectron2.structures import Boxes
+from torch import nn
 
 from .discriminators import build_img_da_head, build_ins_da_head, select_feature_shapes
 from .losses import SOURCE_LABEL, TARGET_LABEL, consistency_loss, domain_bce, domain_focal

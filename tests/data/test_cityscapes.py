@@ -7,6 +7,8 @@ import pytest
 from PIL import Image
 
 import metaalign_det  # noqa: F401  (compat before detectron2)
+
+# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
@@ -32,7 +34,7 @@ def cs_tree(tmp_path):
 
 
 def test_class_order_and_label_ids_from_official_table():
-    assert CITYSCAPES_THING_CLASSES == ft.CS_CLASSES  # DESIGN section 5 order
+    assert CITYSCAPES_THING_CLASSES == ft.CS_CLASSES  # the order docs/datasets.md states
     assert CITYSCAPES_THING_LABEL_IDS == (24, 25, 26, 27, 28, 31, 32, 33)
     assert MetadataCatalog.get("cityscapes_det_train").thing_classes == list(ft.CS_CLASSES)
     assert MetadataCatalog.get("cityscapes_car_val").thing_classes == ["car"]
@@ -107,8 +109,9 @@ def test_matches_detectron2_instance_mask_path_up_to_documented_convention(cs_tr
                 [float(a["bbox"][0]), float(a["bbox"][1]), float(a["bbox"][2]) + 1, float(a["bbox"][3]) + 1],
                 int(a["iscrowd"])) for a in d2["annotations"])
             h, w, annos = instance_file_to_annotations(inst)
-            ours = sorted((a["category_id"] - 1, [float(a["bbox"][0]), float(a["bbox"][1]),
-                                                  float(a["bbox"][0] + a["bbox"][2]), float(a["bbox"][1] + a["bbox"][3])],
+            ours = sorted((a["category_id"] - 1,
+                           [float(a["bbox"][0]), float(a["bbox"][1]),
+                            float(a["bbox"][0] + a["bbox"][2]), float(a["bbox"][1] + a["bbox"][3])],
                            a["iscrowd"]) for a in annos)
             # the only instance detectron2 drops is the one-pixel person
             ours_wo_1px = [o for o in ours if o[1][2] - o[1][0] > 1 and o[1][3] - o[1][1] > 1]
@@ -180,9 +183,10 @@ def test_foggy_image_without_gtfine(cs_tree):
     d = os.path.join(root, "cityscapes", "leftImg8bit_foggy", "val", "ulm")
     os.makedirs(d)
     Image.new("RGB", (ft.W, ft.H)).save(os.path.join(d, "ulm_000000_000019_leftImg8bit_foggy_beta_0.02.png"))
-    with pytest.raises(FileNotFoundError, match=r"1 of 3 images have no gtFine annotation, e.g. .*ulm_000000_000019_"
-                                                r"leftImg8bit_foggy_beta_0.02.png needs .*gtFine/val/ulm/ulm_000000_000019_"
-                                                r"gtFine_instanceIds.png \(from gtFine_trainvaltest.zip\)"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"1 of 3 images have no gtFine annotation, e.g. .*ulm_000000_000019_"
+                             r"leftImg8bit_foggy_beta_0.02.png needs .*gtFine/val/ulm/ulm_000000_000019_"
+                             r"gtFine_instanceIds.png \(from gtFine_trainvaltest.zip\)"):
         DatasetCatalog.get("foggy_cityscapes_det_val_beta0.02")
 
 
@@ -211,7 +215,8 @@ def test_image_size_must_match_mask(cs_tree):
     root, _ = cs_tree
     p = os.path.join(root, "cityscapes", "leftImg8bit", "val", "lindau", "lindau_000000_000019_leftImg8bit.png")
     Image.new("RGB", (ft.W * 2, ft.H * 2)).save(p)
-    with pytest.raises(ValueError, match=r"lindau_000000_000019_leftImg8bit.png is 80x48 but its annotation says 40x24"):
+    with pytest.raises(ValueError,
+                       match=r"lindau_000000_000019_leftImg8bit.png is 80x48 but its annotation says 40x24"):
         DatasetCatalog.get("cityscapes_det_val")
 
 

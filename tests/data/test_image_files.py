@@ -8,6 +8,8 @@ import pytest
 from PIL import Image
 
 import metaalign_det  # noqa: F401
+
+# isort: split
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, build_detection_train_loader
 

@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 import metaalign_det  # noqa: F401
+
+# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from metaalign_det.data import (
@@ -322,8 +324,8 @@ def test_registered_target_without_classes_is_unlabelled(trees):
 
 
 def test_paired_loader_gets_the_unlabelled_target_images(trees, tmp_path, monkeypatch):
-    from metaalign_det.data.paired_loader import build_paired_train_loader
     from metaalign_det.cli import setup_cfg
+    from metaalign_det.data.paired_loader import build_paired_train_loader
 
     monkeypatch.setenv("DETECTRON2_DATASETS", trees)
     paths = _target_images(trees)

@@ -17,7 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture
 def tool():
-    spec = importlib.util.spec_from_file_location("prepare_datasets", os.path.join(REPO, "tools", "prepare_datasets.py"))
+    path = os.path.join(REPO, "tools", "prepare_datasets.py")
+    spec = importlib.util.spec_from_file_location("prepare_datasets", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     yield mod
@@ -48,7 +49,8 @@ def test_partial_tree_names_each_missing_folder(tool, tmp_path, capsys):
 
 
 def test_converts_once_and_counts_per_split_and_class(tool, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(S, "DEFAULT_PARAMS", dataclasses.replace(S.DEFAULT_PARAMS, n_train=2, n_val=1, n_dev=1, n_test=1))
+    monkeypatch.setattr(S, "DEFAULT_PARAMS",
+                        dataclasses.replace(S.DEFAULT_PARAMS, n_train=2, n_val=1, n_dev=1, n_test=1))
     ft.make_cityscapes(str(tmp_path))
     ft.make_sim10k(str(tmp_path))
     rc = tool.main(["--root", str(tmp_path)])
@@ -77,7 +79,8 @@ def test_make_list_writes_the_sim10k_split(tool, tmp_path, capsys):
 
 
 def test_check_says_whether_the_demo_pair_is_generated(tool, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(S, "DEFAULT_PARAMS", dataclasses.replace(S.DEFAULT_PARAMS, n_train=1, n_val=1, n_dev=1, n_test=1))
+    monkeypatch.setattr(S, "DEFAULT_PARAMS",
+                        dataclasses.replace(S.DEFAULT_PARAMS, n_train=1, n_val=1, n_dev=1, n_test=1))
     assert tool.main(["synthetic", "--check", "--root", str(tmp_path)]) == 0
     assert "not generated yet" in capsys.readouterr().out
     assert not os.path.exists(tmp_path / "synthetic_pair")

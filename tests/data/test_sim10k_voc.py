@@ -5,6 +5,8 @@ import os
 import pytest
 
 import metaalign_det  # noqa: F401
+
+# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from metaalign_det.data.datasets import builtin

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import metaalign_det  # noqa: F401
+
+# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from metaalign_det.data.datasets import builtin

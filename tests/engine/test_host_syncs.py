@@ -4,7 +4,8 @@ Every Python-level read of a tensor value (``.item()``, ``float()``, ``bool()``,
 stall the host on a GPU. The step trainer's own reads (outside the model's forward) are pinned here: two per
 step that is not a logging step -- the finite flag of gradients and losses (one device-side reduction,
 before the update) and the weight norms before/after the update (after it) -- plus one on a logging step.
-The model's own reads (detectron2's RPN/ROI heads) are counted apart and not asserted.
+The model's own reads (detectron2's RPN/ROI heads) are counted apart and not asserted; so are, in teacher-student
+mode, the teacher's inference, the selection of its pseudo-labels and the strong views' random draws.
 
 Before this was tested, a step made 14 (joint), 15 (first order) and 18 (second order) such reads.
 """
@@ -14,7 +15,9 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
-from metaalign_det.engine import loss_evaluator
+from metaalign_det.data.augmentation import StrongAugmentation
+from metaalign_det.engine import loss_evaluator, teacher
+from metaalign_det.engine.teacher import TeacherConfig, TeacherSimpleTrainer
 from metaalign_det.engine.train_loop import MetaAlignSimpleTrainer, MetaAlignStepOptions
 from metaalign_det.utils.host_sync import HostSyncCounter
 from tests.helpers.configs import enable_da, make_inputs, tiny_fpn_cfg
@@ -44,9 +47,11 @@ def _step_trainer(mode, log_period, cos_period=0, lr=0.001, seed=0):
     return trainer
 
 
-def _count_steps(trainer, iters, counted, monkeypatch):
-    """Run iterations 0..iters-1; count the reads of the iterations in ``counted``."""
-    original = loss_evaluator.LossEvaluator._forward
+def _count_steps(trainer, iters, counted, monkeypatch, scoped=()):
+    """Run iterations 0..iters-1; count the reads of the iterations in ``counted``. The model's forward is
+    counted as "model"; ``scoped``: more (owner, attribute, scope) callables counted apart."""
+    scoped = [(loss_evaluator.LossEvaluator, "_forward", "model"), *scoped]
+    originals = [getattr(owner, name) for owner, name, _ in scoped]
     counts = {}
     with EventStorage(0) as storage:
         for i in range(iters):
@@ -55,15 +60,17 @@ def _count_steps(trainer, iters, counted, monkeypatch):
                 trainer.run_step()
             else:
                 counter = HostSyncCounter()
+                for (owner, name, scope), original in zip(scoped, originals):
 
-                def forward(self, *args, counter=counter, **kwargs):
-                    with counter.scope("model"):
-                        return original(self, *args, **kwargs)
+                    def wrapped(*args, counter=counter, scope=scope, original=original, **kwargs):
+                        with counter.scope(scope):
+                            return original(*args, **kwargs)
 
-                monkeypatch.setattr(loss_evaluator.LossEvaluator, "_forward", forward)
+                    monkeypatch.setattr(owner, name, wrapped)
                 with counter:
                     trainer.run_step()
-                monkeypatch.setattr(loss_evaluator.LossEvaluator, "_forward", original)
+                for (owner, name, _), original in zip(scoped, originals):
+                    monkeypatch.setattr(owner, name, original)
                 counts[i] = counter
             storage.step()
     return counts, storage
@@ -138,3 +145,33 @@ def test_weight_norm_is_remembered_until_a_weight_changes():
     exact = torch.linalg.vector_norm(torch.cat([p.detach().double().reshape(-1) for p in trainer.params.values()]))
     assert changed is not first and float(changed) == pytest.approx(float(exact), rel=1e-12)
     assert float(changed) > float(first)
+
+
+def test_the_teacher_step_reads_nothing_more_outside_the_teacher(monkeypatch):
+    """Teacher-student on top of first order (engine/teacher.py). The teacher's inference and the selection of
+    its detections above the threshold (a count per image) need host reads, and the strong views draw from a
+    CPU generator: those are counted apart ("teacher"), like the model's own reads. What the teacher step adds
+    around them -- the pseudo-label losses in the detection group, the teacher/* metrics, the EMA update --
+    reads nothing: still two reads per step, three on a logging step. (The monitoring's agreement and label
+    audit, TEACHER.MONITOR_PERIOD / MONITOR_GT, also read on the host; they are off here.)"""
+    torch.manual_seed(0)
+    cfg = enable_da(tiny_fpn_cfg())
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # a random-init teacher: every image gets pseudo-labels
+    cfg.TEST.DETECTIONS_PER_IMAGE = 4
+    model = build_model(cfg).train()
+    source, target = make_inputs(64, 96, n_source=2, n_target=2)
+    tcfg = TeacherConfig(ema=True, ema_decay=0.5, teacher=True, score_thresh=0.0, monitor_period=0,
+                         strong_target=True, strong_aug=StrongAugmentation())
+    trainer = TeacherSimpleTrainer(model, _Repeat((source, target)), build_optimizer(cfg, model),
+                                   MetaAlignStepOptions(mode="first_order"), seed=1, teacher_config=tcfg)
+    trainer.log_period = 4
+    scoped = [(teacher, "pseudo_label", "teacher"), (teacher.TeacherStepMixin, "_strong_images", "teacher"),
+              (teacher.PseudoLabelLoss, "__call__", "model")]  # the student's forward on the pseudo-labels
+    counts, storage = _count_steps(trainer, 4, {1, 3}, monkeypatch, scoped)
+    plain, logging_step = counts[1], counts[3]
+    assert plain.counts["step"] <= STEP_SYNCS, [s for s in plain.sites if s[0] == "step"]
+    assert logging_step.counts["step"] <= STEP_SYNCS + LOG_SYNCS, [s for s in logging_step.sites if s[0] == "step"]
+    assert plain.counts["teacher"] > 0 and plain.counts["model"] > 0  # the counter does see them
+    for k in ("teacher/pseudo_per_image", "teacher/pseudo_score", "loss_pseudo_cls", "loss_da_img"):
+        assert [it for _, it in storage.history(k).values()] == [0, 1, 2, 3], k
+    assert trainer.ema.updates == 4

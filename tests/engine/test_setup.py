@@ -1,8 +1,8 @@
 """setup_cfg: integers for float keys, and one clear line for a wrong type in a config file."""
 import pytest
 
-from tests.helpers.configs import QUICK
 from metaalign_det.cli import setup_cfg
+from tests.helpers.configs import QUICK
 
 
 def test_float_keys_take_integers_from_the_command_line():

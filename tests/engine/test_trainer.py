@@ -6,13 +6,13 @@ import pytest
 import torch
 from detectron2.engine import HookBase, hooks
 
+from metaalign_det.engine import MetaAlignTrainer
+from metaalign_det.engine.checkpoint import AtomicDetectionCheckpointer
+from metaalign_det.engine.printer import TrainingMetricPrinter
 from tests.d2_newer_api import simulate_newer_detectron2
 from tests.helpers.configs import quick_cfg
 from tests.helpers.training import build_trainer, one_step, train
 from tests.toy_data import register_toy
-from metaalign_det.engine import MetaAlignTrainer
-from metaalign_det.engine.checkpoint import AtomicDetectionCheckpointer
-from metaalign_det.engine.printer import TrainingMetricPrinter
 
 
 def _metrics(out_dir):

@@ -8,7 +8,9 @@ import pytest
 
 def test_placeholder_installed_here_and_ops_raise_clearly():
     import metaalign_det  # noqa: F401
+    # isort: split
     import detectron2._C as C
+
     from metaalign_det import compat
 
     assert any("placeholder" in a for a in compat.applied())
@@ -18,8 +20,8 @@ def test_placeholder_installed_here_and_ops_raise_clearly():
         C.deform_conv_forward
     assert not hasattr(C, "COCOevalAccumulate")  # AttributeError subclass: hasattr stays False
     # the layers and transforms that needed the shims import and work
-    from detectron2.layers import nms
     import torch
+    from detectron2.layers import nms
 
     keep = nms(torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10.0]]), torch.tensor([0.9, 0.8]), 0.5)
     assert keep.tolist() == [0]
@@ -118,6 +120,7 @@ def _step_trainer():
 @pytest.mark.parametrize("api", ["installed", "newer"])
 def test_data_loader_reset_on_both_trainer_apis(monkeypatch, api):
     from detectron2.engine import SimpleTrainer
+
     from metaalign_det import compat
     from tests.d2_newer_api import simulate_newer_detectron2
 
@@ -139,6 +142,7 @@ def test_data_loader_reset_on_both_trainer_apis(monkeypatch, api):
 @pytest.mark.parametrize("api", ["installed", "newer"])
 def test_who_checkpoints_the_step_trainer(monkeypatch, api):
     from detectron2.engine import DefaultTrainer
+
     from metaalign_det import compat
     from tests.d2_newer_api import simulate_newer_detectron2
 

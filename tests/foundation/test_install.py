@@ -11,7 +11,8 @@ import zipfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-spec = importlib.util.spec_from_file_location("install_detectron2", os.path.join(ROOT, "tools", "install_detectron2.py"))
+spec = importlib.util.spec_from_file_location("install_detectron2",
+                                              os.path.join(ROOT, "tools", "install_detectron2.py"))
 inst = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(inst)
 

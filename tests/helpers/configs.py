@@ -17,11 +17,13 @@ import torch
 
 import metaalign_det  # noqa: F401  (applies compat before detectron2 is imported)
 import metaalign_det.modeling  # noqa: F401  (registers DomainAdaptiveRCNN, DA heads, VGG16)
+
+# isort: split
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances
 
-from metaalign_det.config import add_metaalign_config
 from metaalign_det.cli import setup_cfg
+from metaalign_det.config import add_metaalign_config
 from tests.toy_data import register_toy_pair
 
 __all__ = ["tiny_c4_cfg", "tiny_fpn_cfg", "tiny_vgg_cfg", "enable_da", "make_inputs", "make_image_input",

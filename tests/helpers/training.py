@@ -1,6 +1,8 @@
 """In-process trainers for the engine tests (configs come from :mod:`tests.helpers.configs`)."""
 import metaalign_det  # noqa: F401
 import metaalign_det.modeling  # noqa: F401
+
+# isort: split
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 

@@ -15,9 +15,9 @@ import torch
 import torchvision
 from torch.autograd.function import once_differentiable
 
-from metaalign_det.meta import meta_align_grads, resolve_direction, select_params
 from metaalign_det.meta import grad_stats as grad_stats_mod
 from metaalign_det.meta import hvp as hvp_mod
+from metaalign_det.meta import meta_align_grads, resolve_direction, select_params
 from metaalign_det.meta import step as step_mod
 
 DT = torch.float64

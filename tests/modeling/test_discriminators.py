@@ -7,6 +7,7 @@ from torch import nn
 
 import metaalign_det  # noqa: F401  (compat before detectron2)
 
+# isort: split
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
@@ -18,7 +19,6 @@ from metaalign_det.modeling.discriminators import (
     build_ins_da_head,
 )
 from metaalign_det.modeling.losses import domain_bce
-
 from tests.helpers.configs import tiny_c4_cfg, tiny_fpn_cfg, tiny_vgg_cfg
 
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import metaalign_det  # noqa: F401  (compat before detectron2)
+
+# isort: split
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -16,7 +18,6 @@ from metaalign_det.modeling.meta_arch import (
     split_losses,
     strip_da_heads,
 )
-
 from tests.helpers.configs import enable_da, make_image_input, make_inputs, tiny_c4_cfg, tiny_fpn_cfg, tiny_vgg_cfg
 
 DET_KEYS = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
@@ -139,6 +140,36 @@ def test_target_annotations_are_never_read():
         bogus.append(d)
     again = {k: v.item() for k, v in _losses(model, source, bogus).items()}
     assert again == reference
+    assert all(d.read == {"image"} for d in bogus)
+
+
+def _with_bogus_labels(target):
+    out = []
+    for t in target:
+        d = _KeyAuditDict(t)
+        inst = Instances((3, 3))  # wrong size, absurd classes: reading them would change or break things
+        inst.gt_boxes = Boxes(torch.tensor([[0.0, 0.0, 1e6, 1e6]]))
+        inst.gt_classes = torch.tensor([99])
+        d["instances"] = inst
+        out.append(d)
+    return out
+
+
+def test_teacher_pseudo_labelling_reads_only_the_target_image():
+    """The audit above, extended to the mean teacher (metaalign_det/engine/teacher.py): it labels target images
+    reading nothing but "image", and labels attached to them change nothing."""
+    from metaalign_det.engine.teacher import pseudo_label
+
+    cfg = enable_da(tiny_fpn_cfg())
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    teacher = _build(cfg).eval()
+    _, target = make_inputs(n_target=2)
+    reference = pseudo_label(teacher, target, 0.0)
+    bogus = _with_bogus_labels(target)
+    again = pseudo_label(teacher, bogus, 0.0)
+    assert all(len(r) > 0 for r in reference)
+    for r, a in zip(reference, again):
+        assert torch.equal(r.gt_boxes.tensor, a.gt_boxes.tensor) and torch.equal(r.gt_classes, a.gt_classes)
     assert all(d.read == {"image"} for d in bogus)
 
 

@@ -4,11 +4,12 @@ import torch
 import torchvision
 
 import metaalign_det  # noqa: F401  (compat before detectron2)
+
+# isort: split
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
 from metaalign_det.modeling.backbone.vgg import VGG16Backbone
-
 from tests.helpers.configs import tiny_vgg_cfg
 
 

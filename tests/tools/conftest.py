@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 
 import metaalign_det  # noqa: F401  (compat before detectron2)
+
+# isort: split
 from detectron2.modeling import build_model
 
 from tests.helpers.configs import tiny_rcnn_cfg

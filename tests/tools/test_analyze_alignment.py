@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import metaalign_det  # noqa: F401  (compat before detectron2)
+
+# isort: split
 from detectron2.modeling import build_model
 
 from metaalign_det.cli import setup_cfg

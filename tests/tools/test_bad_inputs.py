@@ -118,7 +118,8 @@ def test_visualize_bad_scale(tiny_model_files, bad_files, tmp_path):
 # ---- tools/analyze_alignment.py ---------------------------------------------------------------------------
 def _analyze(cfg, weights, target_json, image_root, good_json):
     return run_tool("analyze_alignment.py", "--config-file", cfg, "--weights", weights,
-                    "--coco-json", f"bad_src={good_json}:{image_root}", "--coco-json", f"bad_in={target_json}:{image_root}",
+                    "--coco-json", f"bad_src={good_json}:{image_root}",
+                    "--coco-json", f"bad_in={target_json}:{image_root}",
                     "--source-dataset", "bad_src", "--target-dataset", "bad_in", "--grad-batches", "0")
 
 

@@ -53,6 +53,33 @@ def test_metaalign_first_order_trains_evaluates_and_reloads(datasets_root, tmp_p
         assert json.load(f)["mAP"] == pytest.approx(report["mAP"], abs=1e-9)
 
 
+def test_teacher_metaalign_trains_evaluates_the_teacher_and_reloads_it(datasets_root, tmp_path):
+    """Mean teacher + MetaAlign through the command line: burn-in, pseudo-label losses, teacher metrics; the
+    evaluation is the teacher's (EMA), and --eval-only on the checkpoint evaluates the same teacher."""
+    config = os.path.join(QUICK, "teacher_metaalign_fo_R18_FPN_synthetic.yaml")
+    out = str(tmp_path / "teacher")
+    proc = _train_net(datasets_root, "--config-file", config, "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["iteration"]: r for r in _metrics(out) if "loss_cls" in r}
+    assert rows[0]["teacher/burn_in"] == 1.0 and "loss_pseudo_cls" not in rows[0]
+    for it in (1, 2):
+        for k in ("loss_pseudo_cls", "loss_pseudo_rpn_cls", "loss_da_img", "meta/grad_cos",
+                  "teacher/pseudo_per_image", "teacher/agreement"):
+            assert k in rows[it], (it, k)
+    with open(os.path.join(out, "inference", "ap_synthetic_foggy_val.json")) as f:
+        report = json.load(f)
+    again = _train_net(datasets_root, "--config-file", config, "--eval-only", "MODEL.WEIGHTS",
+                       os.path.join(out, "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    with open(tmp_path / "eval" / "inference" / "ap_synthetic_foggy_val.json") as f:
+        assert json.load(f)["mAP"] == pytest.approx(report["mAP"], abs=1e-9)
+    proc = _train_net(datasets_root, "--config-file", config, "MODEL.EMA.ENABLED", "False",
+                      "OUTPUT_DIR", str(tmp_path / "bad"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == ("error: TEACHER.ENABLED needs MODEL.EMA.ENABLED True: the "
+                                                     "teacher is the EMA of the student")
+
+
 @pytest.mark.parametrize("config,opts", [
     ("metaalign_so_R18_FPN_synthetic.yaml", ["SOLVER.MAX_ITER", "1"]),
     ("da_joint_R18_C4_synthetic.yaml", []),

@@ -18,6 +18,7 @@ Names (metadata: ``thing_classes``, ``evaluator_type``, ``protocol``, ``domain``
   ``synthetic_{clear,foggy}_test`` (400 scenes, the split adaptation results are reported on).
 """
 import os
+from typing import Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -63,7 +64,7 @@ SYNTHETIC_SPLITS.update({"synthetic_foggy_dev": ("foggy", "dev"), "synthetic_cle
                          "synthetic_foggy_test": ("foggy", "test")})
 
 
-def datasets_root():
+def datasets_root() -> str:
     """``$DETECTRON2_DATASETS`` or ``datasets`` (user-expanded), read when called."""
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
@@ -90,7 +91,7 @@ def _cityscapes_protocol(split, betas, classes):
             f"scene), {what}; {boxes}")
 
 
-def register_all_cityscapes(root, overwrite=False):
+def register_all_cityscapes(root: str, overwrite: bool = False) -> None:
     cs_root = os.path.join(root, "cityscapes")
     for name, (split, betas, classes) in CITYSCAPES_SPLITS.items():
         _register(
@@ -106,7 +107,7 @@ def register_all_cityscapes(root, overwrite=False):
         )
 
 
-def register_all_sim10k(root, overwrite=False):
+def register_all_sim10k(root: str, overwrite: bool = False) -> None:
     voc_root = os.path.join(root, "sim10k", "VOC2012")
     for name, (split, classes) in SIM10K_SPLITS.items():
         _register(
@@ -119,7 +120,7 @@ def register_all_sim10k(root, overwrite=False):
         )
 
 
-def register_all_synthetic(root, overwrite=False):
+def register_all_synthetic(root: str, overwrite: bool = False) -> None:
     for name, (domain, split) in SYNTHETIC_SPLITS.items():
         _register(
             name,
@@ -133,7 +134,7 @@ def register_all_synthetic(root, overwrite=False):
         )
 
 
-def register_all_builtin(root=None, overwrite=False):
+def register_all_builtin(root: Optional[str] = None, overwrite: bool = False) -> None:
     """Register every builtin name under ``root`` (default :func:`datasets_root`); reads no file.
 
     ``overwrite=True`` re-binds names already registered (tests and tools use it to point the builtin names

@@ -28,6 +28,7 @@ import logging
 import multiprocessing as mp
 import os
 import re
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -75,7 +76,7 @@ _GT_SUFFIX = "_gtFine_instanceIds.png"
 _CACHE_KIND = "cityscapes_gtFine_instanceIds"
 
 
-def normalize_beta(beta):
+def normalize_beta(beta: Union[str, float]) -> str:
     """``0.02`` / ``"0.02"`` / ``"0.020"`` -> ``"0.02"``; anything but the three released betas -> ValueError."""
     try:
         value = float(beta)
@@ -102,7 +103,9 @@ def _require_root(cs_root):
         )
 
 
-def list_cityscapes_images(cs_root, split, fog_betas=None):
+def list_cityscapes_images(
+    cs_root: str, split: str, fog_betas: Optional[Sequence[Union[str, float]]] = None
+) -> List[Tuple[str, str, Optional[str]]]:
     """``[(scene, image_path, beta or None)]`` sorted, for the clear images or the foggy ones of ``fog_betas``.
 
     ``scene`` is ``"{city}/{city}_{seq}_{frame}"``. Files that do not follow the naming, and foggy files of
@@ -156,7 +159,7 @@ def list_cityscapes_images(cs_root, split, fog_betas=None):
     return out
 
 
-def list_gtfine_instance_files(cs_root, split):
+def list_gtfine_instance_files(cs_root: str, split: str) -> Dict[str, str]:
     """``{scene: path of *_gtFine_instanceIds.png}`` of a split."""
     _require_root(cs_root)
     gt_dir = os.path.join(cs_root, "gtFine", split)
@@ -172,7 +175,7 @@ def list_gtfine_instance_files(cs_root, split):
     return out
 
 
-def instance_file_to_annotations(path):
+def instance_file_to_annotations(path: str) -> Tuple[int, int, List[dict]]:
     """Decode one ``*_gtFine_instanceIds.png``: ``(height, width, [COCO-style annotation dicts])``.
 
     Annotation dicts: ``category_id`` (1-based index into CITYSCAPES_THING_CLASSES), ``bbox`` XYWH covering
@@ -248,11 +251,11 @@ def _build_gtfine_coco(cs_root, split, gt_files, workers):
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def gtfine_cache_file(cs_root, split):
+def gtfine_cache_file(cs_root: str, split: str) -> str:
     return os.path.join(cache_dir_for(cs_root), f"gtFine_{split}_instances.json")
 
 
-def load_gtfine_annotations(cs_root, split, workers=None):
+def load_gtfine_annotations(cs_root: str, split: str, workers: Optional[int] = None) -> dict:
     """The split's gtFine boxes as a COCO dict (8 classes, images = clear images), through the cache."""
     gt_files = list_gtfine_instance_files(cs_root, split)
     if not gt_files:
@@ -262,7 +265,13 @@ def load_gtfine_annotations(cs_root, split, workers=None):
                          lambda: _build_gtfine_coco(cs_root, split, gt_files, workers))
 
 
-def load_cityscapes_detection(cs_root, split, fog_betas=None, classes=CITYSCAPES_THING_CLASSES, workers=None):
+def load_cityscapes_detection(
+    cs_root: str,
+    split: str,
+    fog_betas: Optional[Sequence[Union[str, float]]] = None,
+    classes: Sequence[str] = CITYSCAPES_THING_CLASSES,
+    workers: Optional[int] = None,
+) -> List[dict]:
     """Detectron2 dataset dicts of (Foggy) Cityscapes ``split``; every image is kept, also empty ones.
 
     ``fog_betas``: None for the clear images, else a tuple of betas (each of FOGGY_BETAS): one record per

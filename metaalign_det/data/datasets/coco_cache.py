@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence
 
 from ...utils.io import atomic_write_json
 
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT_VERSION = 1
 
 
-def fingerprint_files(paths, base):
+def fingerprint_files(paths: Iterable[str], base: str) -> List[list]:
     """``[[relative path, size, mtime_ns], ...]`` of ``paths`` (sorted), relative to ``base``: cheap stat only."""
     out = []
     for p in sorted(paths):
@@ -42,7 +43,7 @@ def fingerprint_files(paths, base):
     return out
 
 
-def cache_dir_for(dataset_dir):
+def cache_dir_for(dataset_dir: str) -> str:
     """``<dataset_dir>/metaalign_cache`` when writable, else ``~/.cache/metaalign_det/<hash of the path>``.
 
     ``METAALIGN_CACHE_DIR``, when set, replaces the fallback location (useful for read-only dataset mounts).
@@ -65,7 +66,7 @@ def _describe_difference(old, new):
     return f"{changed} source files changed, {added} added, {removed} removed"
 
 
-def load_or_build(cache_file, kind, fingerprint, build):
+def load_or_build(cache_file: str, kind: str, fingerprint: List[list], build: Callable[[], dict]) -> dict:
     """Return the COCO dict in ``cache_file`` if it was made by ``kind`` from exactly ``fingerprint``.
 
     Otherwise call ``build()`` (which returns a COCO dict), stamp it, write it atomically and return it.
@@ -99,7 +100,7 @@ def load_or_build(cache_file, kind, fingerprint, build):
     return coco
 
 
-def records_to_coco(records, classes, extra_image_keys=()):
+def records_to_coco(records: Sequence[dict], classes: Sequence[str], extra_image_keys: Sequence[str] = ()) -> dict:
     """Dataset dicts (XYXY_ABS boxes, 0-based contiguous ``category_id``) -> COCO dict.
 
     ``file_name`` is written as given (callers pass paths relative to their image root).
@@ -155,8 +156,15 @@ def _map_categories(coco, classes, class_map, context, require_same_classes):
     return mapping
 
 
-def coco_to_records(coco, image_root, classes, class_map=None, context="dataset", require_same_classes=True,
-                    extra_image_keys=()):
+def coco_to_records(
+    coco: dict,
+    image_root: str,
+    classes: Sequence[str],
+    class_map: Optional[Mapping[str, Optional[str]]] = None,
+    context: str = "dataset",
+    require_same_classes: bool = True,
+    extra_image_keys: Sequence[str] = (),
+) -> List[dict]:
     """COCO dict -> detectron2 dataset dicts with ``category_id`` indexing ``classes``.
 
     Every image is kept, also those without (kept) annotations. ``class_map`` maps dataset class names to
@@ -197,8 +205,16 @@ def coco_to_records(coco, image_root, classes, class_map=None, context="dataset"
     return records
 
 
-def load_coco_records(json_file, image_root, classes, class_map=None, context=None, check_images=True,
-                      require_same_classes=True, allow_images_only=False):
+def load_coco_records(
+    json_file: str,
+    image_root: str,
+    classes: Sequence[str],
+    class_map: Optional[Mapping[str, Optional[str]]] = None,
+    context: Optional[str] = None,
+    check_images: bool = True,
+    require_same_classes: bool = True,
+    allow_images_only: bool = False,
+) -> List[dict]:
     """Read a COCO JSON file and return checked dataset dicts (see :func:`coco_to_records`).
 
     ``allow_images_only``: a file with ``images`` but neither ``annotations`` nor ``categories`` is an

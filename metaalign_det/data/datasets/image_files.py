@@ -17,6 +17,7 @@ domain pair needs nothing else. Its records have ``file_name``, ``image_id``, ``
 import contextlib
 import logging
 import os
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
@@ -45,7 +46,7 @@ _collectors = []
 
 
 @contextlib.contextmanager
-def collect_unreadable_images():
+def collect_unreadable_images() -> Iterator[List[Tuple[str, str]]]:
     """Yield a list that receives ``(path, reason)`` for every image :func:`check_image_files` skips in the block.
 
     For tools that report what loading skipped (``tools/prepare_datasets.py --verify-images``); the loaders
@@ -59,7 +60,7 @@ def collect_unreadable_images():
         _collectors.remove(found)
 
 
-def verify_image(path):
+def verify_image(path: str) -> Optional[str]:
     """Fully decode ``path``; return None if it decodes, else a one-line reason (no exception).
 
     Picklable (a module-level function) so that a process pool can run it.
@@ -98,7 +99,7 @@ def _read_header(path):
     return w, h, None
 
 
-def check_image_files(records, context):
+def check_image_files(records: List[dict], context: str) -> List[dict]:
     """Return ``records`` minus unreadable images; raise on absent images or sizes that disagree.
 
     * an image listed but absent -> ``FileNotFoundError`` (the listing and the tree disagree: fix the tree);
@@ -137,7 +138,9 @@ def check_image_files(records, context):
     return kept
 
 
-def load_image_folder(root, extensions=IMAGE_EXTENSIONS, context=None):
+def load_image_folder(
+    root: str, extensions: Sequence[str] = IMAGE_EXTENSIONS, context: Optional[str] = None
+) -> List[dict]:
     """Checked records of every image under ``root`` (recursive, sorted by path; hidden entries skipped).
 
     ``extensions``: file suffixes to take (case-insensitive). ``image_id`` is the index in that sorted

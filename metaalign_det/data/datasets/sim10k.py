@@ -11,6 +11,7 @@ with one INFO line, not an error. Parsing is :mod:`.voc`'s (not detectron2's ``l
 needs ``np.str``).
 """
 import os
+from typing import List
 
 from .voc import load_voc_records
 
@@ -22,7 +23,7 @@ _LIST_HINT = (f" (it comes with {SIM10K_ARCHIVES['annotations']}; if your copy l
               f"Annotations/*.xml with `python tools/prepare_datasets.py sim10k --make-list`)")
 
 
-def load_sim10k_car(voc_root, split="trainval"):
+def load_sim10k_car(voc_root: str, split: str = "trainval") -> List[dict]:
     """Detectron2 dataset dicts of Sim10k ``split`` with the car boxes alone (``category_id`` 0)."""
     if not os.path.isdir(voc_root):
         raise FileNotFoundError(

@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -59,11 +60,11 @@ class SyntheticPairParams:
     scene: SceneParams = field(default_factory=SceneParams)
     shift: TargetShift = field(default_factory=TargetShift)
 
-    def stamp(self):
+    def stamp(self) -> dict:
         """JSON-able description of everything that determines the files (what the stamp records)."""
         return {"generator_version": GENERATOR_VERSION, "classes": list(SYNTHETIC_CLASSES), **asdict(self)}
 
-    def digest(self):
+    def digest(self) -> str:
         text = json.dumps(self.stamp(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -77,12 +78,12 @@ _SHARED_STREAMS = ("val", "test")
 _SHIFT_STREAM = 7  # extra seed word for the target shift's random draws (airlight jitter, noise)
 
 
-def scene_seed(params, stream, index):
+def scene_seed(params: SyntheticPairParams, stream: str, index: int) -> Tuple[int, ...]:
     """The numpy seed sequence entropy of scene ``index`` of ``stream`` ("source_train", "target_train", "val")."""
     return (int(params.seed), _STREAMS[stream], int(index))
 
 
-def shift_seed(params, stream, index):
+def shift_seed(params: SyntheticPairParams, stream: str, index: int) -> Tuple[int, ...]:
     """Entropy of the target-shift draws for scene ``index`` of ``stream``."""
     return scene_seed(params, stream, index) + (_SHIFT_STREAM,)
 
@@ -91,7 +92,7 @@ def shift_seed(params, stream, index):
 # files
 
 
-def synthetic_pair_dir(root):
+def synthetic_pair_dir(root: str) -> str:
     """Where the pair lives under a datasets root."""
     return os.path.join(root, "synthetic_pair")
 
@@ -168,13 +169,13 @@ def _read_stamp(path):
         return None
 
 
-def synthetic_pair_is_current(root, params=None):
+def synthetic_pair_is_current(root: str, params: Optional[SyntheticPairParams] = None) -> bool:
     """Whether ``<root>/synthetic_pair`` holds a complete pair made with ``params`` (default DEFAULT_PARAMS)."""
     params = DEFAULT_PARAMS if params is None else params
     return _read_stamp(synthetic_pair_dir(root)) == params.digest()
 
 
-def ensure_synthetic_pair(root, params=None):
+def ensure_synthetic_pair(root: str, params: Optional[SyntheticPairParams] = None) -> str:
     """Generate the pair under ``<root>/synthetic_pair`` unless it is there with the same stamp; return its dir.
 
     ``params`` defaults to the module's ``DEFAULT_PARAMS`` (looked up at call time).
@@ -219,7 +220,7 @@ def ensure_synthetic_pair(root, params=None):
     return out
 
 
-def load_synthetic(root, domain, split, params=None):
+def load_synthetic(root: str, domain: str, split: str, params: Optional[SyntheticPairParams] = None) -> List[dict]:
     """Dataset dicts of ``synthetic_{domain}_{split}`` (generating the pair first if needed)."""
     from .coco_cache import load_coco_records
 

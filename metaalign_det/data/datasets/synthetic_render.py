@@ -26,6 +26,7 @@ val) by :func:`apply_target_shift`, which is the whole difference between the do
 4. Gaussian sensor noise ``noise_sigma`` (8-bit levels).
 """
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 import cv2
 import numpy as np
@@ -291,7 +292,7 @@ def _distractors(img, depth, p, rng, horizon, vx):
         depth[mask > 0] = d
 
 
-def render_scene(seed, scene_params=SceneParams()):
+def render_scene(seed: Union[int, Sequence[int]], scene_params: SceneParams = SceneParams()) -> Scene:
     """Render one clear scene from a seed (any numpy ``SeedSequence`` entropy): image, depth, boxes."""
     p = scene_params
     rng = np.random.default_rng(seed)
@@ -366,7 +367,9 @@ def render_scene(seed, scene_params=SceneParams()):
                  classes=np.array(classes, np.int64))
 
 
-def apply_target_shift(image, depth_cm, shift, seed):
+def apply_target_shift(
+    image: np.ndarray, depth_cm: np.ndarray, shift: TargetShift, seed: Union[int, Sequence[int]]
+) -> np.ndarray:
     """The documented clear -> target model (module docstring): fog, colour cast, blur, noise.
 
     ``image``: HxWx3 uint8 RGB; ``depth_cm``: HxW uint16 (as stored); ``seed``: entropy for the per-image

@@ -12,6 +12,7 @@ says what to do with them).
 import logging
 import os
 import xml.etree.ElementTree as ET
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from .coco_cache import cache_dir_for, coco_to_records, fingerprint_files, load_or_build
 from .image_files import check_image_files
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 _CACHE_KIND = "voc_xml"
 
 
-def parse_voc_xml(path):
+def parse_voc_xml(path: str) -> dict:
     """``{"height", "width", "objects": [{"name", "bbox" (XYXY_ABS), "difficult"}]}`` of one VOC XML.
 
     Height/width are None when the XML has no usable ``<size>`` (the caller reads the image header).
@@ -58,7 +59,7 @@ def parse_voc_xml(path):
     return {"height": h, "width": w, "objects": objects}
 
 
-def list_voc_ids(voc_root, split, list_hint=""):
+def list_voc_ids(voc_root: str, split: str, list_hint: str = "") -> Tuple[List[str], str]:
     """Image ids listed in ``ImageSets/Main/<split>.txt`` (one per line, first token)."""
     if not os.path.isdir(voc_root):
         raise FileNotFoundError(f"VOC root {voc_root} does not exist; see datasets/README.md")
@@ -104,8 +105,8 @@ def _build_voc_coco(voc_root, ids, ann_paths, image_dir, image_ext):
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def load_voc_coco(voc_root, split, image_dir="JPEGImages", ann_dir="Annotations", image_ext=".jpg",
-                  list_hint=""):
+def load_voc_coco(voc_root: str, split: str, image_dir: str = "JPEGImages", ann_dir: str = "Annotations",
+                  image_ext: str = ".jpg", list_hint: str = "") -> dict:
     """The split's XMLs as a COCO dict (every class found, sorted by name), through the cache."""
     ids, list_file = list_voc_ids(voc_root, split, list_hint)
     ann_paths = [os.path.join(voc_root, ann_dir, f"{i}.xml") for i in ids]
@@ -119,8 +120,18 @@ def load_voc_coco(voc_root, split, image_dir="JPEGImages", ann_dir="Annotations"
                          lambda: _build_voc_coco(voc_root, ids, ann_paths, image_dir, image_ext))
 
 
-def load_voc_records(voc_root, split, classes, class_map=None, drop_other_classes=False, image_dir="JPEGImages",
-                     ann_dir="Annotations", image_ext=".jpg", context=None, list_hint=""):
+def load_voc_records(
+    voc_root: str,
+    split: str,
+    classes: Sequence[str],
+    class_map: Optional[Mapping[str, Optional[str]]] = None,
+    drop_other_classes: bool = False,
+    image_dir: str = "JPEGImages",
+    ann_dir: str = "Annotations",
+    image_ext: str = ".jpg",
+    context: Optional[str] = None,
+    list_hint: str = "",
+) -> List[dict]:
     """Detectron2 dataset dicts of a VOC split; every listed image is kept, also those without boxes.
 
     A class found in the XMLs that is neither in ``classes`` nor in ``class_map`` is an error naming the

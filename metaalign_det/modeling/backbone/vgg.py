@@ -26,11 +26,10 @@ import os
 from typing import Dict, List, Sequence
 
 import torch
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
+from torch import nn
 
 __all__ = ["VGG16Backbone", "build_vgg16_backbone", "VGG16_OUTPUTS"]
 

@@ -2,18 +2,23 @@
 """Cost and accuracy of the per-step gradient statistics of the MetaAlign step (grad_cos terms + finite check).
 
     python benchmarks/bench_grad_stats.py                 # CPU, R50-C4 + DA heads parameter shapes
+    python benchmarks/bench_grad_stats.py --preset cpu    # CPU, the quick R18-FPN's shapes
     python benchmarks/bench_grad_stats.py --device cuda
 
 Every MetaAlign step computes, over all trainable parameters: "all finite" of the inner gradient g1, the
-grad_cos terms (<g_align, g_det> and squared norms, over all and over shared parameters) and "all finite" of
-the returned gradient. ``metaalign_det.meta.grad_stats`` runs them as a per-parameter loop (``torch.dot`` in fp32
-per tensor summed in float64, ``isfinite(t).all()`` per tensor: several small kernels per parameter), timed
-below through its own helpers. The candidate replaces it with ``torch._foreach_norm`` accumulated in float64
-(one fused kernel per dtype group on CUDA; per-parameter norms reused for the finite check and every
-squared norm; a float64 norm is finite exactly when every element is) and a few dots of concatenated
-4M-element chunks. Both do one step's work on the same random gradients with the detector's real parameter
-shapes and are compared with a float64 reference. Prints one Markdown table. On 2 CPU cores neither wins
-clearly (docs/benchmarks.md), so the step keeps the loop until a GPU run of this script says otherwise.
+grad_cos terms (<g_align, g_det> and squared norms, over all and over the shared parameters, here the shared
+set is half of the parameters) and "all finite" of the returned gradient, and reads them once at the end.
+``metaalign_det.meta.grad_stats`` has two implementations, compared here through its own functions:
+
+* loop: per parameter ``torch.dot`` in fp32 summed in float64 and ``isfinite(t).all()`` (several small kernels
+  per parameter);
+* fused: ``torch._foreach_norm`` in float64 (one multi-tensor kernel per list on CUDA), the dot from fused
+  products (sum|p| - 2 sum max(-p, 0) in float64), norm-based finite checks.
+
+The step picks the grad_cos terms' implementation per device type (``grad_stats.FUSED``) and the finite
+check's too (CUDA: the fused norms; CPU: ``torch.aminmax`` per tensor): the third row. All run on the same
+random gradients with the detector's real parameter shapes and are compared with a float64 reference.
+Prints one Markdown table.
 """
 import argparse
 import statistics
@@ -23,55 +28,25 @@ import torch
 from common import preset_cfg
 from detectron2.modeling import build_model
 
-from metaalign_det.meta import grad_stats as grad_stats_mod
+from metaalign_det.meta import grad_stats
 
 
-def loop(g1, g2):
-    """The step's own helpers: isfinite(g1), the grad_cos terms, isfinite of the result (here g1)."""
-    ok = grad_stats_mod._all_finite(g1)
-    touched = [True] * len(g1)
-    t = grad_stats_mod._cos_terms(g1, g2, touched, touched)
-    fin_total = grad_stats_mod._all_finite(g1)
-    vals = torch.stack([t["dot"], t["aa"], t["dd"], t["aa_shared"] + t["dd_shared"]]).tolist()
-    return vals[:3] + [float(ok and fin_total)]
+def step_stats(g1, g2, touched_a, touched_d, fused):
+    """The step's statistics work: finite(g1), the cos terms, finite(result); one read at the end."""
+    ok = grad_stats.finite_flag(g1, fused=fused)
+    t = grad_stats._cos_terms(g1, g2, touched_a, touched_d, fused=fused)
+    fin_total = grad_stats.finite_flag(g2, fused=fused)  # stands for the returned gradient
+    vals = torch.stack([t["dot"], t["aa"], t["dd"], t["aa_shared"], t["dd_shared"],
+                        (ok & fin_total).double()]).tolist()
+    return vals
 
 
-CHUNK = 1 << 22  # elements per concatenated dot: bounds the transient copy to 2 x 16 MiB (fp32)
-
-
-def _norms64(tensors):
-    return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
-
-
-def _dot_chunks(a, b):
-    parts, xs, ys, n = [], [], [], 0
-    for i, (x, y) in enumerate(zip(a, b)):
-        xs.append(x.reshape(-1))
-        ys.append(y.reshape(-1))
-        n += x.numel()
-        if n >= CHUNK or i == len(a) - 1:
-            parts.append(torch.dot(torch.cat(xs), torch.cat(ys)).double())
-            xs, ys, n = [], [], 0
-    return torch.stack(parts).sum()
-
-
-def fused_candidate(g1, g2):
-    """The same work with fused float64 norms (computed once per list) and chunked dots."""
-    n1 = _norms64(g1)
-    ok = bool(torch.isfinite(n1.sum()))
-    n2 = _norms64(g2)
-    sq1, sq2 = n1.square(), n2.square()
-    shared = torch.arange(len(g1), device=n1.device)  # every parameter is shared here
-    fin_total = torch.isfinite(_norms64(g1).sum())
-    vals = torch.stack([_dot_chunks(g1, g2), sq1.sum(), sq2.sum(), sq1[shared].sum() + sq2[shared].sum(),
-                        fin_total.double()]).tolist()
-    return vals[:3] + [float(ok and vals[4] == 1.0)]
-
-
-def reference64(g_align, g_det):
+def reference64(g_align, g_det, shared):
     a = torch.cat([t.double().reshape(-1) for t in g_align])
     d = torch.cat([t.double().reshape(-1) for t in g_det])
-    return [(a @ d).item(), (a @ a).item(), (d @ d).item()]
+    a_s = torch.cat([g_align[i].double().reshape(-1) for i in shared])
+    d_s = torch.cat([g_det[i].double().reshape(-1) for i in shared])
+    return [(a_s @ d_s).item(), (a @ a).item(), (d @ d).item(), (a_s @ a_s).item(), (d_s @ d_s).item()]
 
 
 def time_it(fn, args, repeats, device):
@@ -80,9 +55,9 @@ def time_it(fn, args, repeats, device):
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        fn(*args)  # ends in .item()/.tolist(): a host sync, as in the step
+        fn(*args)  # ends in .tolist(): a host sync, as the step's one read
         out.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(out)
+    return out
 
 
 def main():
@@ -91,7 +66,12 @@ def main():
     ap.add_argument("--preset", default="gpu", choices=["gpu", "cpu"],
                     help="gpu: R50-C4 + DA heads (default, also on CPU); cpu: the quick R18-FPN")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--output", help="also write the Markdown table here")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's); 1 on a loaded "
+                    "machine, where threads wait for each other at every operator")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = preset_cfg(args.preset, args.device)
     model = build_model(cfg)
@@ -99,28 +79,51 @@ def main():
     g = torch.Generator(device=args.device).manual_seed(0)
     g_align = [torch.randn(p.shape, generator=g, device=args.device) for p in params]
     g_det = [torch.randn(p.shape, generator=g, device=args.device) for p in params]
+    touched_a = [True] * len(params)
+    touched_d = [i % 2 == 0 for i in range(len(params))]
+    shared = [i for i in range(len(params)) if touched_d[i]]
     n_elem = sum(p.numel() for p in params)
-    ref = reference64(g_align, g_det)
+    ref = reference64(g_align, g_det, shared)
 
-    rows = []
-    for label, fn in (("per-parameter loop (the step)", loop),
-                      ("fused `_foreach_norm` fp64 + chunked dots (candidate)", fused_candidate)):
-        vals = fn(g_align, g_det)
-        # error of the cosine terms relative to the norms (what grad_cos / the logged norms see)
-        scale = (ref[1] * ref[2]) ** 0.5
-        err = max(abs(vals[0] - ref[0]) / scale, abs(vals[1] - ref[1]) / ref[1], abs(vals[2] - ref[2]) / ref[2])
-        if vals[3] != 1.0:
+    variants = {"per-parameter loop": False, "fused `_foreach_*`": True,
+                "the step's default here": None}
+    times = {k: [] for k in variants}
+    errors = {}
+    for label, fused in variants.items():
+        vals = step_stats(g_align, g_det, touched_a, touched_d, fused)
+        if vals[5] != 1.0:
             raise SystemExit(f"bench_grad_stats: {label} calls finite gradients non-finite")
-        fn(g_align, g_det)  # warm-up
-        rows.append((label, time_it(fn, (g_align, g_det), args.repeats, args.device), err))
+        # dot error relative to the norms (what grad_cos sees); squared norms relative to themselves
+        scale = (ref[3] * ref[4]) ** 0.5
+        errors[label] = max([abs(vals[0] - ref[0]) / scale] + [abs(vals[i] - ref[i]) / ref[i] for i in (1, 2, 3, 4)])
+        step_stats(g_align, g_det, touched_a, touched_d, fused)  # warm-up
+    # Blocks of consecutive runs per variant (the first untimed), the variants' order rotated from block to
+    # block: a load change on a shared machine affects every variant alike, and no variant is timed right
+    # after another one's large temporaries were freed (on CPU, the allocator hands big blocks back to the OS
+    # and fresh pages fault in, which made interleaved single runs depend on the order).
+    labels = list(variants)
+    blocks = 3
+    per_block = max(1, args.repeats // blocks)
+    for b in range(blocks):
+        for label in labels[b % len(labels):] + labels[:b % len(labels)]:
+            times[label] += time_it(step_stats, (g_align, g_det, touched_a, touched_d, variants[label]),
+                                    per_block + 1, args.device)[1:]
 
     dev_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\n{dev_name}, torch {torch.__version__}, {len(params)} parameter tensors, {n_elem / 1e6:.1f} M "
-          f"elements, median of {args.repeats}\n")
-    print("| gradient statistics | ms per step | max rel. error vs float64 |")
-    print("|---|---|---|")
-    for label, ms, err in rows:
-        print(f"| {label} | {ms:.2f} | {err:.1e} |")
+    lines = [f"{dev_name}, torch {torch.__version__}, preset {args.preset}: {len(params)} parameter tensors, "
+             f"{n_elem / 1e6:.1f} M elements, median of {blocks * per_block} (3 blocks per variant, rotated); the "
+             "step's grad_cos terms "
+             f"use {'fused' if grad_stats.FUSED.get(torch.device(args.device).type, True) else 'the loop'} here", "",
+             "| gradient statistics | ms per step | x loop | max rel. error vs float64 |", "|---|---|---|---|"]
+    base = statistics.median(times["per-parameter loop"])
+    for label in variants:
+        ms = statistics.median(times[label])
+        lines.append(f"| {label} | {ms:.2f} | {ms / base:.2f} | {errors[label]:.1e} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(table + "\n")
 
 
 if __name__ == "__main__":

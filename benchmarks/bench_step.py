@@ -68,6 +68,7 @@ def run_variant(name, cfg, base_model, source, target, args):
         trainer = MetaAlignAMPTrainer(model, loader, optimizer, options, dtype="bfloat16")
     else:
         trainer = MetaAlignSimpleTrainer(model, loader, optimizer, options)
+    trainer.log_period = 20  # as SOLVER.LOG_PERIOD's default: metrics read from the device every 20 steps
     cuda = args.device.startswith("cuda")
     times = []
     with EventStorage(0) as storage:

@@ -133,8 +133,10 @@ def main():
         print(f"{v}: {r[0]:.0f} ms/step, {r[1]:.1f} img/s, GPU util {r[2]:.0f}%, 70k iters = {r[3]:.1f} h",
               flush=True)
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    lines = [f"End-to-end throughput on {dev}, torch {torch.__version__}: R50-C4, 2048x1024 JPEGs -> 600 short "
-             f"side, 2 source + 2 target per step, {args.workers} loader workers per domain, mean of "
+    model = "R50-C4, 2048x1024 JPEGs -> 600 short side" if dev != "CPU" else \
+        "quick R18-FPN (CPU preset), 2048x1024 JPEGs -> 128 short side"
+    lines = [f"End-to-end throughput on {dev}, torch {torch.__version__}: {model}, "
+             f"2 source + 2 target per step, {args.workers} loader workers per domain, mean of "
              f"{args.steps} steps after {args.warmup} warm-up", "",
              "| step | ms/step (data incl.) | images/s | GPU util % | 70k iterations (h) |",
              "|---|---|---|---|---|"]

@@ -35,7 +35,7 @@ import contextlib
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -386,11 +386,15 @@ class TeacherStepMixin:
             self.ema.update(self.model)
 
     # -- monitoring ------------------------------------------------------------------------------------
-    def _monitor(self, target, pseudo) -> Dict[str, float]:
+    def _monitor(self, target, pseudo) -> Dict[str, Union[float, torch.Tensor]]:
+        # Values the step has on the host already stay floats (the counts: the pseudo-labels' selection read
+        # them); the mean score stays a device tensor, read with the step's other metrics on a log step
+        # (MetaAlignSimpleTrainer.flush_metrics). The label audit and the agreement need host reads.
         counts = [len(p) for p in pseudo]
-        m = {"teacher/pseudo_per_image": float(np.mean(counts)) if counts else 0.0}
+        m: Dict[str, Union[float, torch.Tensor]] = {
+            "teacher/pseudo_per_image": float(np.mean(counts)) if counts else 0.0}
         if sum(counts):
-            m["teacher/pseudo_score"] = float(torch.cat([p.scores for p in pseudo]).mean())
+            m["teacher/pseudo_score"] = torch.cat([p.scores for p in pseudo]).mean()
         if self._labels is not None:
             tp = n_gt = 0
             n_pred = 0

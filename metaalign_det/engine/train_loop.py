@@ -10,12 +10,20 @@ Divergence never reaches a checkpoint: a step stops training (FloatingPointError
 update when its gradients or losses are non-finite (``check_finite``), and after the update -- still inside
 ``run_step``, so before the checkpoint hook of that iteration runs -- when the updated weights are
 non-finite or one update grew their norm more than ``max_weight_norm_growth`` times (``check_update``).
+
+Host-device synchronisation: on a GPU every read of a device value to Python stalls the host until the
+queued kernels have run. A step reads two groups of values: the finite flags of its gradients and
+losses (one device-side reduction, before the update) and the weight norms before/after the update (one
+read, after it). Losses and statistics stay on the device and are read -- all pending steps in one copy --
+only on the steps whose metrics are written (every ``log_period`` iterations and the last one), where they
+are put into the EventStorage under their own iteration numbers; so the writers see the same series as if
+every step had written its own. ``tests/engine/test_host_syncs.py`` pins these counts.
 """
 import contextlib
 import logging
 import math
 import time
-from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,7 +33,10 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .. import compat
+from ..data.paired_loader import batch_to_device
 from ..meta import meta_align_grads, resolve_direction, select_params
+from ..meta.buffers import StepBuffers
+from ..meta.grad_stats import finite_flag
 from .distributed import all_reduce_mean_, world_size
 from .loss_evaluator import LossEvaluator
 
@@ -72,9 +83,16 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         max_weight_norm_growth: an update that makes the 2-norm of the trainable weights more than this many
             times larger is divergence (healthy SGD steps change it by well under 1%); ``None`` disables the
             growth test (non-finite weights still stop training).
+        log_period: metrics are read from the device and put into the EventStorage on iterations where
+            ``(iter + 1) % log_period == 0`` and at ``max_iter - 1`` -- when detectron2's PeriodicWriter
+            writes (``build_step_trainer`` sets both from SOLVER.LOG_PERIOD / MAX_ITER). Default 1: every
+            step. :meth:`flush_metrics` writes the pending ones at any time.
+        max_iter: see ``log_period`` (None: unknown).
     """
 
     max_weight_norm_growth: Optional[float] = 10.0
+    log_period: int = 1
+    max_iter: Optional[int] = None
 
     def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                  options: Optional[MetaAlignStepOptions] = None, seed: Optional[int] = None) -> None:
@@ -86,9 +104,15 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         # Every trainable parameter gets a gradient; META.PARAMS only restricts which ones take the inner
         # (fast-weight) step -- the rest keep θ in θ'.
         self.params = dict(named)
+        self.device = next(model.parameters()).device  # where batches are moved, once per step
         self.fast = set(select_params(named, self.options.params)) if self.options.params else None
-        self.last_stats: Dict[str, float] = {}
+        # the last step's stats; numeric values are 0-d device tensors (meta.grad_stats.materialize_stats)
+        self.last_stats: Dict[str, Any] = {}
         self._hvp_known: Dict[str, str] = {}
+        # (iteration, losses, stats, data_time) of the steps not yet written
+        self._pending_metrics: List[Tuple[int, dict, dict, float]] = []
+        # theta' (and theta +- eps v) reuse these tensors step after step instead of fresh ones
+        self._step_buffers = StepBuffers()
         # cfg.SEED when set (>= 0), else one random draw shared by all processes; checkpointed.
         self.seed_base = int(seed) if seed is not None and seed >= 0 else comm.shared_random_seed()
 
@@ -113,7 +137,8 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def compute_gradients(
         self, source: List[dict], target: Optional[List[dict]]
     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, torch.Tensor]]:
-        """Return (grads: name -> tensor, stats: dict of floats, losses: name -> detached scalar)."""
+        """Return (grads: name -> tensor, stats: name -> 0-d device tensor, float or string (read on log steps
+        only, :meth:`flush_metrics`), losses: name -> detached 0-d tensor)."""
         opt = self.options
         evaluator = self.build_loss_evaluator(source, target)
         order = _ORDER[opt.mode]
@@ -133,39 +158,58 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             hvp=hvp, fd_eps=opt.fd_eps, loss_scale=self.loss_scale(),
             inner_grad_hook=all_reduce_mean_ if distributed and order != "none" else None,
             outer_grad_hook=all_reduce_mean_ if distributed and order == "second" else None,
-            compute_cos=compute_cos, fast=self.fast,
+            compute_cos=compute_cos, fast=self.fast, lazy_stats=True, buffers=self._step_buffers,
         )
         if opt.hvp == "auto" and stats.get("hvp") == "finite_difference":
             self._hvp_known[direction] = "finite_difference"
         stats["direction_is_align_first"] = float(direction == "align_first")
         stats.update(evaluator.metrics)  # "da/*" keys: written under their own names
-        return grads, stats, evaluator.logged
+        losses = evaluator.logged
+        # folded into check_finite's single read; with several processes, all-reduced in assign_gradients
+        stats["losses_finite"] = finite_flag(list(losses.values())) if losses else True
+        return grads, stats, losses
 
     def assign_gradients(self, grads: Dict[str, torch.Tensor], stats: Dict[str, Any]) -> None:
         """One coalesced all-reduce of the final gradients, then ``p.grad`` (scaled for the GradScaler).
 
-        Under several processes ``stats["finite"]`` is re-read from the *reduced* gradients, so that every
-        process takes the same decision in :meth:`check_finite` (a lone raise would leave the others
-        waiting in the next collective).
+        Under several processes ``stats["finite"]`` is re-computed from the *reduced* gradients and
+        ``stats["losses_finite"]`` is reduced with them (one more element in the same all-reduce), so that
+        every process takes the same decision in :meth:`check_finite` (a lone raise would leave the others
+        waiting in the next collective). Both stay on the device.
         """
         names = list(self.params)
         tensors = [grads[n] for n in names]
-        all_reduce_mean_(tensors)
         if world_size() > 1:
+            ok = stats.get("losses_finite", True)
+            ok = ok if torch.is_tensor(ok) else torch.tensor(bool(ok), device=tensors[0].device)
+            bad = (~ok).to(device=tensors[0].device, dtype=torch.float32).reshape(1)
+            all_reduce_mean_(tensors + [bad])
             # max-abs norms (one fused kernel on CUDA): finite exactly when every element is -- unlike the
             # 2-norm, it cannot overflow on large finite values -- and NaN/inf propagate
             norms = torch.stack(torch._foreach_norm([t for t in tensors if t.numel()], float("inf")))
-            stats["finite"] = bool(torch.isfinite(norms).all())
+            stats["finite"] = torch.isfinite(norms).all()
+            stats["losses_finite"] = bad[0] == 0  # no process had a non-finite loss
         scale = self.loss_scale()
         for n, g in zip(names, tensors):
             p = self.params[n]
             g = g.to(p.dtype)
             p.grad = g * scale if scale != 1.0 else g
 
-    def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor]) -> None:
-        if not stats.get("finite", True):
+    def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor],
+                     check_grads: bool = True) -> None:
+        """Stop before the update when the gradients (``stats["finite"]``) or the losses
+        (``stats["losses_finite"]``) are non-finite: both flags are read in ONE device->host copy."""
+        grads_ok, losses_ok = _read_flags([stats.get("finite", True) if check_grads else True,
+                                           stats.get("losses_finite", True)])
+        if not grads_ok:
             raise FloatingPointError(
                 f"non-finite MetaAlign gradient at iteration {self.iter} (META.MODE={self.options.mode}, "
+                f"losses={ {k: round(float(v), 4) for k, v in losses.items()} }): training stopped before "
+                f"the update; the last checkpoint is intact. Lower SOLVER.BASE_LR or META.INNER_LR_SCALE."
+            )
+        if not losses_ok:
+            raise FloatingPointError(
+                f"Loss became infinite or NaN at iteration {self.iter} (META.MODE={self.options.mode}, "
                 f"losses={ {k: round(float(v), 4) for k, v in losses.items()} }): training stopped before "
                 f"the update; the last checkpoint is intact. Lower SOLVER.BASE_LR or META.INNER_LR_SCALE."
             )
@@ -175,12 +219,29 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
 
     def weight_norm(self) -> float:
         """2-norm of all trainable weights, accumulated in float64 (no overflow for any finite fp32 weight:
-        finite exactly when every weight is finite)."""
+        finite exactly when every weight is finite). Reads one value to the host."""
+        return float(self.weight_norm_tensor())
+
+    def weight_norm_tensor(self) -> torch.Tensor:
+        """:meth:`weight_norm` as a 0-d float64 tensor on the weights' device (no host sync).
+
+        Remembered with the weights' autograd version counters and storages: the norm before a step's update
+        is the one computed after the previous update unless a weight was changed in place (loading a
+        checkpoint, a hook) or replaced since -- one full pass over the weights per step instead of two (on
+        CPU the float64 norm converts every weight tensor). A change through ``p.data`` is not versioned and
+        would go unseen; nothing in training does that between steps.
+        """
         tensors = [p.detach() for p in self.params.values() if p.numel()]
         if not tensors:
-            return 0.0
+            return torch.zeros((), dtype=torch.float64)
+        key = tuple((p._version, p.data_ptr()) for p in self.params.values())
+        cached = getattr(self, "_weight_norm_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
-        return float(torch.linalg.vector_norm(torch.stack(norms)))
+        norm = torch.linalg.vector_norm(torch.stack(norms))
+        self._weight_norm_cache = (key, norm)
+        return norm
 
     def check_update(self, norm_before: float, norm_after: float) -> None:
         """Stop (before this iteration's checkpoint hook runs) when the update diverged: non-finite weights,
@@ -200,55 +261,85 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         )
 
     def write_step_metrics(self, losses: Dict[str, torch.Tensor], stats: Dict[str, Any], data_time: float) -> None:
-        """Like SimpleTrainer.write_metrics (one gather), plus the meta/* series."""
-        metrics = {k: float(v) for k, v in losses.items()}
-        # numbers only (order/direction/hvp are strings), and no NaN: grad_cos is undefined on steps that
-        # do not compute it (MODE none between JOINT_GRAD_COS_PERIOD steps).
-        meta = {}
-        for k, v in stats.items():
-            if torch.is_tensor(v):
-                v = float(v)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
-                meta[k if "/" in k else f"meta/{k}"] = float(v)
-        all_metrics = comm.gather((metrics, meta, data_time))
+        """Like SimpleTrainer.write_metrics plus the meta/* series, deferred: the values stay on the device
+        until a log step (see ``log_period``), which reads every pending step in one copy."""
+        self._pending_metrics.append((self.iter, dict(losses), dict(stats), data_time))
+        last = self.max_iter is not None and self.iter >= self.max_iter - 1
+        if self.log_period <= 1 or (self.iter + 1) % self.log_period == 0 or last:
+            self.flush_metrics()
+
+    def flush_metrics(self, collective: bool = True) -> None:
+        """Read the pending steps' losses and stats (one device->host copy) and put them into the current
+        EventStorage under their own iterations (one ``comm.gather`` for all of them; ``collective=False``
+        skips it and writes this process's values, for use after a failure, when another process may not
+        join). Non-finite or non-numeric stats are left out (order/direction/hvp are strings; grad_cos is
+        NaN on steps that do not compute it)."""
+        pending, self._pending_metrics = self._pending_metrics, []
+        if not pending:
+            return
+        tensors, slots = [], []
+        for i, (_, losses, stats, _) in enumerate(pending):
+            for group, values in ((0, losses), (1, stats)):
+                for k, v in values.items():
+                    if torch.is_tensor(v) and v.dtype != torch.bool:  # flags are not metrics
+                        slots.append((i, group, k))
+                        tensors.append(v.detach().reshape(()).to(torch.float64))
+        read = {}
+        if tensors:
+            dev = tensors[0].device
+            read = dict(zip(slots, torch.stack([t.to(dev) for t in tensors]).tolist()))
+        records = []
+        for i, (it, losses, stats, data_time) in enumerate(pending):
+            metrics = {k: read.get((i, 0, k), v) for k, v in losses.items()}
+            meta = {}
+            for k, v in stats.items():
+                v = read.get((i, 1, k), v)
+                numeric = isinstance(v, (int, float)) and not isinstance(v, bool)  # flags stay tensors
+                if numeric and np.isfinite(v):
+                    meta[k if "/" in k else f"meta/{k}"] = float(v)
+            records.append((it, {k: float(v) for k, v in metrics.items()}, meta, data_time))
+        all_records = comm.gather(records) if collective else [records]
         if not comm.is_main_process():
             return
         storage = get_event_storage()
-        storage.put_scalar("data_time", max(x[2] for x in all_metrics))
-        loss_means = {k: float(np.mean([x[0][k] for x in all_metrics])) for k in all_metrics[0][0]}
-        total = sum(loss_means.values())
-        if not np.isfinite(total):
-            raise FloatingPointError(
-                f"Loss became infinite or NaN at iteration={storage.iter}! loss_dict = {loss_means}"
-            )
-        storage.put_scalar("total_loss", total)
-        storage.put_scalars(**loss_means)
-        meta_keys = set().union(*(x[1].keys() for x in all_metrics))
-        meta_means = {}
-        for k in meta_keys:
-            vals = [x[1][k] for x in all_metrics if k in x[1]]
-            meta_means[k] = float(np.mean(vals))
-        if meta_means:
-            storage.put_scalars(**meta_means, smoothing_hint=False)
+        current = storage.iter
+        try:
+            for j, (it, _, _, _) in enumerate(records):
+                per_process = [r[j] for r in all_records]
+                storage.iter = it  # put_scalar records the storage's iteration
+                storage.put_scalar("data_time", max(x[3] for x in per_process))
+                loss_means = {k: float(np.mean([x[1][k] for x in per_process])) for k in per_process[0][1]}
+                storage.put_scalar("total_loss", sum(loss_means.values()))
+                storage.put_scalars(**loss_means)
+                meta_keys = set().union(*(x[2].keys() for x in per_process))
+                meta_means = {k: float(np.mean([x[2][k] for x in per_process if k in x[2]])) for k in meta_keys}
+                if meta_means:
+                    storage.put_scalars(**meta_means, smoothing_hint=False)
+        finally:
+            storage.iter = current
 
     # -- the step -----------------------------------------------------------------------------------
     def run_step(self) -> None:
         assert self.model.training, "[MetaAlignTrainer] model was changed to eval mode!"
         start = time.perf_counter()
         source, target = compat.next_batch(self)
+        # once per step, non-blocking from the loader's pinned memory (CUDA), instead of a blocking copy in
+        # every forward pass of the step; a no-op on CPU
+        source, target = batch_to_device(source, self.device), batch_to_device(target, self.device)
         data_time = time.perf_counter() - start
         grads, stats, losses = self.compute_gradients(source, target)
         stats["inner_lr"] = self.options.inner_lr_scale * self.current_lr()
         self.last_stats = stats
         self.optimizer.zero_grad(set_to_none=True)
         self.assign_gradients(grads, stats)
-        self.check_finite(stats, losses)
-        self.write_step_metrics(losses, stats, data_time)
-        norm_before = self.weight_norm()
+        self.check_finite(stats, losses)  # host sync 1: one flag pair
+        self.write_step_metrics(losses, stats, data_time)  # no sync except on log steps
+        norm_before = self.weight_norm_tensor()
         self.optimizer_step()
         # The checkpoint hook saves the weights of this update right after run_step: a diverging update
         # (finite gradients, too large a step) must stop here. Identical on every process (same weights).
-        self.check_update(norm_before, self.weight_norm())
+        before, after = torch.stack([norm_before, self.weight_norm_tensor()]).tolist()  # host sync 2
+        self.check_update(before, after)
 
     # -- checkpointed state: the step seed and the global RNG streams (restored for one process only), so
     # that kill-and-resume reproduces the uninterrupted run; conditions: docs/training.md ----------------
@@ -271,6 +362,16 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
             if rng.get("cuda") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _read_flags(flags: Sequence[Union[bool, torch.Tensor]]) -> List[bool]:
+    """Python bools of ``flags`` (bools or 0-d bool tensors): the tensors in one device->host copy."""
+    tensors = [f for f in flags if torch.is_tensor(f)]
+    if not tensors:
+        return [bool(f) for f in flags]
+    dev = tensors[0].device
+    read = iter(torch.stack([t.reshape(()).to(device=dev, dtype=torch.bool) for t in tensors]).tolist())
+    return [bool(next(read)) if torch.is_tensor(f) else bool(f) for f in flags]
 
 
 def _numpy_state_to_tensors(state):
@@ -314,10 +415,11 @@ class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
     def loss_scale(self) -> float:
         return float(self.grad_scaler.get_scale()) if self.grad_scaler.is_enabled() else 1.0
 
-    def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor]) -> None:
-        if not self.grad_scaler.is_enabled():
-            super().check_finite(stats, losses)
-        # fp16: the GradScaler sees the inf/NaN in step(), skips the update and lowers the scale.
+    def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor],
+                     check_grads: bool = True) -> None:
+        # fp16: the GradScaler sees inf/NaN gradients in step(), skips the update and lowers the scale;
+        # non-finite losses still stop training.
+        super().check_finite(stats, losses, check_grads=check_grads and not self.grad_scaler.is_enabled())
 
     def optimizer_step(self) -> None:
         if self.grad_scaler.is_enabled():

@@ -51,11 +51,15 @@ def build_step_trainer(
     """The factory that picks the ``run_step`` class: SimpleTrainer- or AMPTrainer-based."""
     options = MetaAlignStepOptions.from_config(cfg)
     if uses_teacher_step(cfg):  # teacher-student: EMA, mean teacher, strong views (engine/teacher.py)
-        return build_teacher_step_trainer(cfg, model, data_loader, optimizer, options)
-    if cfg.SOLVER.AMP.ENABLED:
-        return MetaAlignAMPTrainer(model, data_loader, optimizer, options, seed=cfg.SEED,
+        step = build_teacher_step_trainer(cfg, model, data_loader, optimizer, options)
+    elif cfg.SOLVER.AMP.ENABLED:
+        step = MetaAlignAMPTrainer(model, data_loader, optimizer, options, seed=cfg.SEED,
                                    dtype=cfg.SOLVER.AMP.DTYPE)
-    return MetaAlignSimpleTrainer(model, data_loader, optimizer, options, seed=cfg.SEED)
+    else:
+        step = MetaAlignSimpleTrainer(model, data_loader, optimizer, options, seed=cfg.SEED)
+    # metrics are read from the device only when the PeriodicWriter writes (see MetaAlignSimpleTrainer)
+    step.log_period, step.max_iter = cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.MAX_ITER
+    return step
 
 
 def check_step_config(cfg: CfgNode) -> None:
@@ -173,6 +177,12 @@ class MetaAlignTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def after_train(self) -> None:
+        # the steps since the last log step (a run stopped by an error): their metrics reach the writers'
+        # final write; no collective, since another process may not be there to join it
+        self._trainer.flush_metrics(collective=False)
+        super().after_train()
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:

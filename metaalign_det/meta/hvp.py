@@ -12,7 +12,8 @@ from typing import List
 import torch
 
 from .autodiff import _eval_loss, _grad, _zeros_for_unused
-from .grad_stats import _global_norm
+from .buffers import StepBuffers
+from .grad_stats import _global_sq_norm
 
 __all__ = ["HVP_MODES"]
 
@@ -50,8 +51,13 @@ class _DoubleBackwardUnavailable(RuntimeError):
     """The inner loss's graph cannot give an exact Hessian-vector product by double backward."""
 
 
-def _hvp(inner_fn, inner_name, names, theta, v, mode, fd_eps, loss_scale):
-    """H_inner(theta) v as a list of tensors, and the method used."""
+def _hvp(inner_fn, inner_name, names, theta, v, mode, fd_eps, loss_scale, lazy=False, work=None):
+    """H_inner(theta) v as a list of tensors, and the method used.
+
+    ``lazy``: no host sync (the finite-difference step size stays on the device; v = 0 is not short-cut).
+    ``work``: a :class:`~.buffers.StepBuffers` whose ``"theta_prime"`` slot the finite difference writes
+    theta +- eps v into (else a fresh one).
+    """
     if mode in ("auto", "double_backward"):
         try:
             return _hvp_double_backward(inner_fn, inner_name, names, theta, v, loss_scale,
@@ -62,7 +68,7 @@ def _hvp(inner_fn, inner_name, names, theta, v, mode, fd_eps, loss_scale):
                     or not _is_double_backward_error(err):
                 raise
             _log_fallback_once(inner_name, err)
-    return _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_scale), \
+    return _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_scale, lazy, work), \
         "finite_difference"
 
 
@@ -123,29 +129,56 @@ def _hvp_double_backward(inner_fn, inner_name, names, theta, v, loss_scale, stri
     return _zeros_for_unused(list(hv), theta)
 
 
-def _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_scale):
+def _hvp_finite_difference(inner_fn, inner_name, names, theta, v, fd_eps, loss_scale, lazy=False, work=None):
     """(grad L_inner(theta + eps v) - grad L_inner(theta - eps v)) / (2 eps): 2 forward + 2 backward.
 
     eps = fd_eps * max(||theta||, 1) / ||v||, so the perturbation ||eps v|| is fd_eps relative to the
-    parameter norm (absolute fd_eps for tiny theta), whatever the scale of v.
+    parameter norm (absolute fd_eps for tiny theta), whatever the scale of v. eps is a 0-d float64 tensor on
+    the device. v = 0 gives H v = 0: without ``lazy`` it is short-cut (one host read of ||v||); with it the
+    two passes run at theta (eps 1) and the result is multiplied by 0.
     """
-    v_norm = _global_norm(v)
-    if v_norm == 0.0:
+    v_norm = _global_sq_norm(v).sqrt()
+    if not lazy and v_norm.item() == 0.0:
         return [torch.zeros_like(t) for t in theta]
-    eps = fd_eps * max(_global_norm(theta), 1.0) / max(v_norm, _TINY)
+    eps = fd_eps * _global_sq_norm(theta).sqrt().clamp_min(1.0) / v_norm.clamp_min(_TINY)
+    nonzero = v_norm > 0
+    eps = torch.where(nonzero, eps, 1.0)
+    buffers = StepBuffers() if work is None else work
     grads = []
     for sign in (1.0, -1.0):
         with torch.no_grad():
-            shifted = [(t + (sign * eps) * vi).requires_grad_(True) for t, vi in zip(theta, v)]
+            # theta + (sign eps) v in the buffers: copy v, scale (one kernel per dtype), add theta -- a few
+            # multi-tensor kernels on CUDA instead of two small kernels and an allocation per parameter
+            step = _per_dtype(sign * eps)
+            shifted = buffers.get("theta_prime", theta)
+            torch._foreach_copy_(shifted, [x.detach() for x in v])
+            for flat in buffers.flat("theta_prime"):
+                flat.mul_(step(flat.dtype))
+            torch._foreach_add_(shifted, [t.detach() for t in theta])
+            shifted = [b.detach().requires_grad_(True) for b in shifted]
         loss = _eval_loss(inner_fn, dict(zip(names, shifted)), inner_name)
         grads.append(_grad(loss, shifted, loss_scale))
         del loss, shifted
     out = []
+    two_eps, keep = _per_dtype(2.0 * eps), _per_dtype(nonzero)
     for t, gp, gm in zip(theta, grads[0], grads[1]):
         if gp is None and gm is None:
             out.append(torch.zeros_like(t))
             continue
         gp = torch.zeros_like(t) if gp is None else gp
         gm = torch.zeros_like(t) if gm is None else gm
-        out.append(gp.sub_(gm).div_(2.0 * eps))
+        hv = gp.sub_(gm).div_(two_eps(gp.dtype))
+        out.append(hv.mul_(keep(gp.dtype)) if lazy else hv)
     return out
+
+
+def _per_dtype(x: torch.Tensor):
+    """``dtype -> x.to(dtype)``, cast once per dtype (one small kernel each, not one per parameter)."""
+    cache = {}
+
+    def get(dtype):
+        if dtype not in cache:
+            cache[dtype] = x.to(dtype)
+        return cache[dtype]
+
+    return get

@@ -30,7 +30,16 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import torch
 
 from .autodiff import LossFn, _eval_loss, _grad, _zeros_for_unused
-from .grad_stats import _acc, _all_finite, _cos_terms, _finish_stats, _sum64
+from .buffers import StepBuffers
+from .grad_stats import (
+    _acc,
+    _all_finite,
+    _cos_terms,
+    _stats_tensors,
+    _sum64,
+    finite_flag,
+    materialize_stats,
+)
 from .hvp import HVP_MODES, _hvp
 
 __all__ = [
@@ -140,6 +149,8 @@ def meta_align_grads(
     compute_cos: Optional[bool] = None,
     outer_grad_hook: Optional[GradHook] = None,
     fast: Optional[Iterable[str]] = None,
+    lazy_stats: bool = False,
+    buffers: Optional[StepBuffers] = None,
 ) -> Tuple[Dict[str, torch.Tensor], dict]:
     """Gradient of the MetaAlign objective (or of the plain joint loss) w.r.t. ``params``.
 
@@ -189,11 +200,24 @@ def meta_align_grads(
         fast: names of the params that take the inner (fast-weight) step; default all. The others keep
             theta in theta' but still get the full gradient: theta' = theta - inner_lr * P g1 with P the
             0/1 mask, so the second-order term is -inner_lr * H_inner (P g2).
+        lazy_stats: keep every statistic on the device and never read a value to the host inside the step
+            (on a GPU each read stalls the host until all queued kernels have run). The numeric entries of
+            ``stats`` (``grad_cos``, the norms, the losses, ``finite``) are then 0-d tensors on the
+            parameters' device (float64; ``finite`` bool); :func:`~metaalign_det.meta.grad_stats.
+            materialize_stats` reads them all with one copy. Without a host-side branch, a non-finite inner
+            gradient cannot skip the outer evaluation: theta' is then theta (no inner step, selected on the
+            device), the outer loss is evaluated there, the Hessian-vector product acts on a zero vector,
+            and the returned gradients, which include g1, are non-finite (``finite`` False). The gradients
+            of a finite step equal those of ``lazy_stats=False``.
+        buffers: a :class:`~metaalign_det.meta.buffers.StepBuffers` kept by the caller across steps: theta'
+            (and theta +- eps v, and the masked v of a second-order step) are written into its tensors
+            instead of fresh ones. The results are the same as without (then a fresh set is allocated per
+            call). Ignored for ``order="none"``.
 
     Returns:
         ``(grads, stats)``. ``grads``: dict name -> gradient, same shape/dtype/device as the param; a
-        param that a loss does not touch gets zero from that loss. ``stats`` (python scalars, no extra
-        backward):
+        param that a loss does not touch gets zero from that loss. ``stats`` (python scalars, or 0-d
+        tensors with ``lazy_stats``; no extra backward):
 
         - ``grad_cos``: cosine of grad L_align and the detection gradient over the params both touch
           (align_first: g1 vs g2; det_first: g2 vs g1; none: both at theta). NaN when undefined (no shared
@@ -205,7 +229,8 @@ def meta_align_grads(
           "finite_difference" or None when no HVP was computed).
         - ``finite``: all returned gradients are finite. When the inner gradient is not, the inner step
           is NOT taken: ``grads`` is g1 itself (with its non-finite values) and the outer loss is never
-          evaluated; the caller decides (GradScaler skips the step, fp32 training raises).
+          evaluated (``lazy_stats``: see there); the caller decides (GradScaler skips the step, fp32
+          training raises).
 
     Raises:
         ValueError: bad arguments (unknown order/direction/hvp, inner_lr < 0, empty params, ...), or a
@@ -215,6 +240,7 @@ def meta_align_grads(
         params, align_loss, det_loss, inner_lr, order, direction, hvp, fd_eps, loss_scale,
         inner_grad_hook, outer_grad_hook, compute_cos,
     )
+    lazy_stats = bool(lazy_stats)
     names = list(params.keys())
     if fast is not None:
         fast = set(fast)
@@ -228,7 +254,8 @@ def meta_align_grads(
 
     if order == "none":
         # compute_cos defaults to False here: it costs a second backward (see the docstring).
-        return _joint_step(names, theta, align_loss, det_loss, inner_lr, loss_scale, bool(compute_cos))
+        return _joint_step(names, theta, align_loss, det_loss, inner_lr, loss_scale, bool(compute_cos),
+                           lazy_stats)
     compute_cos = True if compute_cos is None else bool(compute_cos)
 
     if direction == "align_first":
@@ -242,14 +269,15 @@ def meta_align_grads(
     l_in = l_in.detach()
     g1 = _zeros_for_unused(g1_raw, theta)
     _call_hook(inner_grad_hook, g1, "inner_grad_hook")
-    if not _all_finite(g1):
+    ok_inner = finite_flag(g1)  # on the device; read to the host only without lazy_stats
+    if not lazy_stats and not bool(ok_inner):
         return _non_finite_inner(names, g1, l_in, inner_name, inner_lr, order, direction)
 
     # 2. outer gradient g2 at theta' = theta - inner_lr * g1 (a constant for autograd: first-order
     # treatment; the second-order correction is added explicitly below).
-    with torch.no_grad():
-        theta_prime = [((t - inner_lr * g) if m else t.detach().clone()).requires_grad_(True)
-                       for t, g, m in zip(theta, g1, mask)]
+    if buffers is None:
+        buffers = StepBuffers()  # fresh tensors for this call only
+    theta_prime = _inner_step(theta, g1, mask, inner_lr, ok_inner if lazy_stats else None, buffers)
     l_out = _eval_loss(outer_fn, dict(zip(names, theta_prime)), outer_name)
     g2_raw = _grad(l_out, theta_prime, loss_scale)
     l_out = l_out.detach()
@@ -267,23 +295,69 @@ def meta_align_grads(
 
     hvp_used = None
     hv = None
-    if order == "second" and _all_finite(g2):
-        # needs grad mode: it re-evaluates the inner loss and differentiates it
-        v = g2 if all(mask) else [g if m else torch.zeros_like(g) for g, m in zip(g2, mask)]
-        hv, hvp_used = _hvp(inner_fn, inner_name, names, theta, v, hvp, fd_eps, loss_scale)
+    if order == "second":
+        v = None
+        if lazy_stats:
+            # no host branch: a non-finite g1 or g2 gives v = 0 (the result is non-finite through g1/g2)
+            v = _masked(g2, mask, buffers, ok_inner & finite_flag(g2))
+        elif _all_finite(g2):
+            v = g2 if all(mask) else _masked(g2, mask, buffers)
+        if v is not None:
+            # needs grad mode: it re-evaluates the inner loss and differentiates it
+            hv, hvp_used = _hvp(inner_fn, inner_name, names, theta, v, hvp, fd_eps, loss_scale,
+                                lazy=lazy_stats, work=buffers)
         del v
     with torch.no_grad():
         total = g1  # reuse g1's memory: g1 + g2 - inner_lr * H v
-        for i, (a, b) in enumerate(zip(total, g2)):
-            a.add_(b)
-            if hv is not None:
-                a.add_(hv[i], alpha=-inner_lr)
+        torch._foreach_add_(total, g2)
+        if hv is not None:
+            torch._foreach_add_(total, hv, alpha=-inner_lr)
     del g2, g1, hv
 
     losses = {inner_name: l_in, outer_name: l_out}
-    stats = _finish_stats(cos_terms, losses["align_loss"], losses["det_loss"], total)
+    stats = _stats_tensors(cos_terms, losses["align_loss"], losses["det_loss"], finite_flag(total))
+    if not lazy_stats:
+        stats = materialize_stats(stats)
     stats.update(inner_lr=inner_lr, order=order, direction=direction, hvp=hvp_used)
     return dict(zip(names, total)), stats
+
+
+def _inner_step(theta, g1, mask, inner_lr, keep_if, buffers):
+    """theta' = theta - inner_lr * g1 on the ``mask``ed params (theta elsewhere), written into the
+    ``"theta_prime"`` buffers and returned as new autograd leaves sharing their storage.
+
+    ``keep_if``: optional 0-d bool tensor; where False, theta' = theta (selected on the device, no sync).
+    Computed as (-inner_lr * g1) + theta, bitwise equal to ``theta - inner_lr * g1``; every operation is one
+    multi-tensor kernel (CUDA) or one kernel per dtype, none per parameter.
+    """
+    out = buffers.get("theta_prime", theta)
+    with torch.no_grad():
+        _select_into(out, g1, mask, buffers.flat("theta_prime"), keep_if)  # g1 (fast) or 0
+        torch._foreach_mul_(out, -inner_lr)
+        torch._foreach_add_(out, [t.detach() for t in theta])
+    return [b.detach().requires_grad_(True) for b in out]
+
+
+def _masked(g, mask, buffers, keep_if=None):
+    """``g`` on the ``mask``ed params and 0 elsewhere, in the ``"v"`` buffers; where the 0-d bool ``keep_if``
+    is False, 0 everywhere (on the device)."""
+    out = buffers.get("v", g)
+    with torch.no_grad():
+        _select_into(out, g, mask, buffers.flat("v"), keep_if)
+    return out
+
+
+def _select_into(out, g, mask, flats, keep_if):
+    """out = g on masked params, 0 elsewhere; all 0 (NaN/inf removed) where ``keep_if`` is False."""
+    fast = [i for i, m in enumerate(mask) if m]
+    slow = [i for i, m in enumerate(mask) if not m]
+    if fast:
+        torch._foreach_copy_([out[i] for i in fast], [g[i].detach() for i in fast])
+    if slow:
+        torch._foreach_zero_([out[i] for i in slow])
+    if keep_if is not None:
+        for flat in flats:  # one select per dtype group: where(ok, x, 0) also drops NaN, unlike ok * x
+            torch.where(keep_if, flat, torch.zeros((), dtype=flat.dtype, device=flat.device), out=flat)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -359,12 +433,13 @@ def _non_finite_inner(names, g1, l_in, inner_name, inner_lr, order, direction):
     cos_terms = {"dot": nan.to(sq.device), "aa_shared": nan.to(sq.device), "dd_shared": nan.to(sq.device),
                  "aa": sq if inner_is_align else nan.to(sq.device),
                  "dd": nan.to(sq.device) if inner_is_align else sq}
-    stats = _finish_stats(cos_terms, l_in if inner_is_align else nan, nan if inner_is_align else l_in, g1)
+    stats = materialize_stats(_stats_tensors(cos_terms, l_in if inner_is_align else nan,
+                                             nan if inner_is_align else l_in, finite_flag(g1)))
     stats.update(finite=False, inner_lr=inner_lr, order=order, direction=direction, hvp=None)
     return dict(zip(names, g1)), stats
 
 
-def _joint_step(names, theta, align_loss, det_loss, inner_lr, loss_scale, compute_cos):
+def _joint_step(names, theta, align_loss, det_loss, inner_lr, loss_scale, compute_cos, lazy_stats):
     """order "none": grad (L_align + L_det)(theta); both callables get the same dict object."""
     p = dict(zip(names, theta))
     l_align = _eval_loss(align_loss, p, "align_loss")
@@ -380,12 +455,13 @@ def _joint_step(names, theta, align_loss, det_loss, inner_lr, loss_scale, comput
         cos_terms = _cos_terms(ga, gd, [g is not None for g in ga_raw], [g is not None for g in gd_raw])
         del ga_raw, gd_raw
         with torch.no_grad():
-            for a, d in zip(ga, gd):
-                a.add_(d)
+            torch._foreach_add_(ga, gd)
         total = ga
     else:
         total = _zeros_for_unused(_grad(l_align + l_det, theta, loss_scale), theta)
         l_align, l_det = l_align.detach(), l_det.detach()
-    stats = _finish_stats(cos_terms, l_align, l_det, total)
+    stats = _stats_tensors(cos_terms, l_align, l_det, finite_flag(total))
+    if not lazy_stats:
+        stats = materialize_stats(stats)
     stats.update(inner_lr=inner_lr, order="none", direction=None, hvp=None)
     return dict(zip(names, total)), stats

@@ -149,6 +149,30 @@ def test_burn_in_is_source_only_then_the_teacher_starts_as_the_student(tmp_path)
     assert 0.0 <= r["teacher/pseudo_score"] <= 1.0
 
 
+def test_teacher_metrics_are_deferred_to_log_steps_under_their_own_iterations(tmp_path):
+    """The teacher step trainer gets SOLVER.LOG_PERIOD like the others: its teacher/* metrics wait on the device
+    (or the host) until a log step or the last iteration, then reach the storage under their own iterations."""
+    cfg = _teacher_cfg(tmp_path, "out", "SOLVER.LOG_PERIOD", "2", "SOLVER.MAX_ITER", "3", "META.MODE", "first_order",
+                       "TEACHER.MONITOR_PERIOD", "1", "TEACHER.MONITOR_GT", "True")
+    step = build_trainer(cfg)._trainer
+    assert (step.log_period, step.max_iter) == (2, 3)
+    keys = ("teacher/pseudo_per_image", "teacher/pseudo_score", "teacher/agreement", "teacher/pseudo_precision",
+            "teacher/pseudo_recall", "loss_pseudo_cls")
+    seen = []
+    with EventStorage(0) as storage:
+        for i in range(3):
+            step.iter = storage.iter = i
+            step.run_step()
+            seen.append({k: [it for _, it in storage.history(k).values()] for k in keys if k in storage.histories()})
+            storage.step()
+    assert seen[0] == {}  # iteration 0 is not a log step: nothing read yet
+    assert seen[1] == {k: [0, 1] for k in keys}  # log step ((1 + 1) % 2 == 0): iterations 0 and 1
+    assert seen[2] == {k: [0, 1, 2] for k in keys}  # the last iteration
+    values = {k: [v for v, _ in storage.history(k).values()] for k in keys}
+    assert values["teacher/pseudo_per_image"] == [4.0, 4.0, 4.0]
+    assert all(0.0 <= v <= 1.0 for k in keys[1:5] for v in values[k]), values
+
+
 @pytest.mark.parametrize("views", ["strong", "both"])
 def test_source_views(tmp_path, views):
     """"strong": the supervised loss sees the strong view of each source image; "both": weak + strong copies."""

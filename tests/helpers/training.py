@@ -27,4 +27,5 @@ def one_step(trainer, it=0):
     with EventStorage(it) as storage:
         trainer._trainer.iter = storage.iter = it
         trainer._trainer.run_step()
+        trainer._trainer.flush_metrics()  # metrics are read from the device on log steps only
         return storage

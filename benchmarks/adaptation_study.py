@@ -23,7 +23,10 @@ Protocol (every number is produced by the project's own tools, one process per r
    the same seeds, intervals and paired differences, also to the fair source-only row.
 3. **Choices without the reported split**: the headline MetaAlign α is the one with the best mean AP50 on the
    labelled target *dev* split (``synthetic_foggy_dev``, 200 scenes of its own) over the sweep's seeds; the
-   reported split is ``synthetic_foggy_test`` (400 scenes, never used for a choice).
+   reported split is ``synthetic_foggy_test`` (400 scenes, never used for a choice). The same rule picks the
+   alignment strength (``--stage search``: GRL weight and DA loss weights in both directions from the shipped
+   0.1 / 1.0, DA joint on the sweep's seeds; a setting that diverges is dropped); a setting other than the
+   shipped one is then run on every seed, as DA joint and as MetaAlign at the chosen α.
 4. **Per run**: AP50 (coco101) on the target test and dev splits and the source val, the mean ``meta/grad_cos``
    and the last discriminator accuracies of the training log, and the proxy A-distance of the final model
    (``tools/analyze_alignment.py``: source test vs target test, 200 images each).

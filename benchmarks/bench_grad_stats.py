@@ -25,7 +25,7 @@ import statistics
 import time
 
 import torch
-from common import preset_cfg
+from common import emit_table, preset_cfg
 from detectron2.modeling import build_model
 
 from metaalign_det.meta import grad_stats
@@ -119,11 +119,7 @@ def main():
     for label in variants:
         ms = statistics.median(times[label])
         lines.append(f"| {label} | {ms:.2f} | {ms / base:.2f} | {errors[label]:.1e} |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(table + "\n")
+    emit_table(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import statistics
 import time
 
 import torch
-from common import preset_cfg, synthetic_batch
+from common import Repeat, emit_table, preset_cfg, synthetic_batch
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
@@ -49,15 +49,6 @@ except ImportError:  # a checkout without the counter: no sync column
 MODES = {"joint": "none", "first order": "first_order", "second order": "second_order"}
 INNER_LR_SCALE = 10.0
 FD_EPS = 1e-3
-
-
-class _Repeat:
-    def __init__(self, pair):
-        self.pair = pair
-
-    def __iter__(self):
-        while True:
-            yield self.pair
 
 
 def _split(out):
@@ -194,7 +185,7 @@ def main():
         bare = BareStep(bare_model, build_optimizer(cfg, bare_model), mode, source, target)
         options = MetaAlignStepOptions(mode=mode, inner_lr_scale=INNER_LR_SCALE, hvp="finite_difference",
                                        fd_eps=FD_EPS, joint_grad_cos_period=0)
-        trainer = MetaAlignSimpleTrainer(trainer_model, _Repeat((source, target)),
+        trainer = MetaAlignSimpleTrainer(trainer_model, Repeat((source, target)),
                                          build_optimizer(cfg, trainer_model), options, seed=0)
         trainer.log_period = 20  # as SOLVER.LOG_PERIOD: metrics are read every 20 steps (older code: ignored)
         times = {"bare": [], "trainer": []}
@@ -266,11 +257,7 @@ def main():
             for kind, p in kinds.items():
                 lines.append(f"| {label} | {kind} | {p['wall_ms']:.1f} | {p['ops_ms']:.1f} | "
                              f"{1 - p['ops_ms'] / p['wall_ms']:.0%} | {p['calls']} | {p['kernels']} |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(table + "\n")
+    emit_table(lines, args.output)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "torch": torch.__version__, "rows": rows}, f, indent=1)

@@ -20,7 +20,7 @@ import statistics
 import time
 
 import torch
-from common import preset_cfg, synthetic_batch
+from common import Repeat, emit_table, preset_cfg, synthetic_batch
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
@@ -45,15 +45,6 @@ def official_style_grads(trainer, source, target):
     trainer.optimizer.step()
 
 
-class _Repeat:
-    def __init__(self, pair):
-        self.pair = pair
-
-    def __iter__(self):
-        while True:
-            yield self.pair
-
-
 def run_variant(name, cfg, base_model, source, target, args):
     model = copy.deepcopy(base_model)
     model.train()
@@ -63,7 +54,7 @@ def run_variant(name, cfg, base_model, source, target, args):
     options = MetaAlignStepOptions(mode=mode, direction="align_first", inner_lr_scale=10.0,
                                    joint_grad_cos_period=0)
     tgt = None if name.startswith("source-only") else target
-    loader = _Repeat((source, tgt))
+    loader = Repeat((source, tgt))
     if name.endswith("bf16"):
         trainer = MetaAlignAMPTrainer(model, loader, optimizer, options, dtype="bfloat16")
     else:
@@ -136,11 +127,7 @@ def main():
              "", "| step | ms | x DA joint | peak GiB |", "|---|---|---|---|"]
     for n, (ms, peak) in results.items():
         lines.append(f"| {n} | {ms:.1f} | {ms / ref:.2f} | {peak:.2f} |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(table + "\n")
+    emit_table(lines, args.output)
 
 
 if __name__ == "__main__":

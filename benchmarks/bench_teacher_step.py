@@ -17,7 +17,7 @@ import statistics
 import time
 
 import torch
-from common import ROOT, synthetic_batch
+from common import ROOT, Repeat, emit_table, synthetic_batch
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
@@ -37,15 +37,6 @@ ROWS = {
 }
 
 
-class _Repeat:
-    def __init__(self, pair):
-        self.pair = pair
-
-    def __iter__(self):
-        while True:
-            yield self.pair
-
-
 def build(name, args, source, target):
     cfg = setup_cfg(os.path.join(DEMO, ROWS[name]), [
         "MODEL.DEVICE", args.device, "TEACHER.BURN_IN_ITERS", "0", "TEACHER.SCORE_THRESH", "0.0",
@@ -56,7 +47,7 @@ def build(name, args, source, target):
     model.train()
     optimizer = build_optimizer(cfg, model)
     tgt = target if cfg.DATASETS.TRAIN_TARGET else None
-    return build_step_trainer(cfg, model, _Repeat((source, tgt)), optimizer)
+    return build_step_trainer(cfg, model, Repeat((source, tgt)), optimizer)
 
 
 def main():
@@ -89,11 +80,7 @@ def main():
              "| config | ms / step | x source-only | x DA joint |", "|---|---|---|---|"]
     for n, ms in med.items():
         lines.append(f"| {n} | {ms:.0f} | {ms / med['source-only']:.2f} | {ms / med['DA joint']:.2f} |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(table + "\n")
+    emit_table(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -50,3 +50,23 @@ def synthetic_batch(n, height, width, num_classes, device, labelled=True, seed=0
             d["instances"] = inst
         out.append(d)
     return out
+
+
+class Repeat:
+    """An endless loader that yields the same (source, target) batch pair: the step alone, without data loading."""
+
+    def __init__(self, pair):
+        self.pair = pair
+
+    def __iter__(self):
+        while True:
+            yield self.pair
+
+
+def emit_table(lines, output=None):
+    """Print a Markdown table (its lines) and, with ``output``, write it to that file."""
+    table = "\n".join(lines)
+    print("\n" + table)
+    if output:
+        with open(output, "w") as f:
+            f.write(table + "\n")

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import torch
-from common import preset_cfg
+from common import emit_table, preset_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
@@ -141,11 +141,7 @@ def main():
              "| step | ms/step (data incl.) | images/s | GPU util % | 70k iterations (h) |",
              "|---|---|---|---|---|"]
     lines += [f"| {v} | {ms:.0f} | {ips:.1f} | {gpu:.0f} | {h:.1f} |" for v, ms, ips, gpu, h in rows]
-    table = "\n".join(lines)
-    print("\n" + table)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(table + "\n")
+    emit_table(lines, args.output)
 
 
 if __name__ == "__main__":

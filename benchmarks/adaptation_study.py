@@ -101,6 +101,9 @@ FOLLOW_ALPHA = ("metaalign_fo_align_first", "metaalign_so", "teacher_metaalign_f
     "metaalign_fo_" + n[len("da_joint_"):] for n in SEARCH)
 TEACHER_ROWS = ("fair_source_only", "teacher", "teacher_align", "teacher_metaalign_fo")
 EMA_ROWS = TEACHER_ROWS  # evaluated (and PAD-measured) through the EMA weights
+# (x, y) pairs whose paired difference the summary lists: what the teacher, alignment and MetaAlign each add
+TEACHER_PAIRS = (("teacher", "fair_source_only"), ("teacher_align", "teacher"),
+                 ("teacher_metaalign_fo", "teacher"), ("teacher_metaalign_fo", "teacher_align"))
 CORE = ("source_only", "da_joint", "oracle")  # + the MetaAlign first-order row at the chosen α
 _print_lock = threading.Lock()
 
@@ -472,6 +475,16 @@ def summarize(study, recs):
                   "trained on):", "",
                   "| method | pseudo-labels / image | precision | recall | teacher-student agreement |",
                   "|---|---|---|---|---|"] + teacher_lines
+    teacher_pairs = [(x, y, d) for x, y in TEACHER_PAIRS
+                     if _shown(recs, x, len(a.seeds)) and _shown(recs, y, len(a.seeds))
+                     and (d := paired_difference(test[x], test[y])) is not None]
+    if teacher_pairs:
+        # what each ingredient adds on top of the previous one, on the seeds both rows share
+        lines += ["", "Paired differences among the teacher rows (target test AP50, x − y on the seeds both have; "
+                  "how often x wins):", "",
+                  "| x | y | seeds | Δ (x − y) | x better on |", "|---|---|---|---|---|"]
+        lines += [f"| {ROWS[x][2]} | {ROWS[y][2]} | {len(d['seeds'])} | {_diff(d)} "
+                  f"| {sum(v > 0 for v in d['diffs'])} of {len(d['diffs'])} |" for x, y, d in teacher_pairs]
     dev = _dev_means(recs, [r for r in ["da_joint", *SEARCH] if r not in diverged_rows(recs, SEARCH)],
                      a.sweep_seeds)
     if len(dev) > 1:

@@ -9,14 +9,20 @@
 #   OUT=gpu_results bash benchmarks/gpu_suite.sh            # on the GPU host, from the repo root
 #   OUT=/tmp/dry bash benchmarks/gpu_suite.sh --dry-run     # on CPU: tiny sizes, 1 step each (checks that
 #                                                           # every command runs; its numbers mean nothing)
-# Without detectron2 importable, wheels in .whl/ are installed to /tmp/site first (see
-# ../shared/offline_gpu/README.md). Each benchmark has a time limit so that one cannot eat the others' time.
+# Without detectron2 importable, the wheels in .whl/ are installed to /tmp/site first (a host without a
+# package index: detectron2's pure-Python wheel (`tools/install_detectron2.py --wheel-only`) plus fvcore, iopath, yacs,
+# omegaconf, hydra-core, antlr4 and pycocotools wheels for the host's Python, fetched with `pip download`).
+# The interpreter is $PYTHON, else .venv/bin/python, else python3. Each benchmark has a time limit so that
+# one cannot eat the others' time.
 set -u
 OUT=${OUT:-gpu_results}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
-if ! python3 -c "import detectron2" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+# the interpreter: $PYTHON, else the project's .venv (the README set-up), else python3 (the GPU host's)
+PY=${PYTHON:-python3}
+[ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=$PWD/.venv/bin/python
+if ! "$PY" -c "import detectron2" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
@@ -36,7 +42,7 @@ else
   GRAD="--device cuda --repeats 20"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 fi
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/card.txt"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/card.txt"
 
 run() {  # name, command...: stdout+stderr to $OUT/name.log (warnings dropped), limited to $LIMIT s
   local name=$1; shift
@@ -44,10 +50,10 @@ run() {  # name, command...: stdout+stderr to $OUT/name.log (warnings dropped), 
   timeout "$LIMIT" "$@" 2>&1 | grep -v -i warn | tee "$OUT/$name.log"
   echo "== $name: exit ${PIPESTATUS[0]}"
 }
-run bench_step python3 benchmarks/bench_step.py $STEP --output "$OUT/bench_step.md"
-run bench_overhead python3 benchmarks/bench_overhead.py $OVER --output "$OUT/bench_overhead.md" \
+run bench_step "$PY" benchmarks/bench_step.py $STEP --output "$OUT/bench_step.md"
+run bench_overhead "$PY" benchmarks/bench_overhead.py $OVER --output "$OUT/bench_overhead.md" \
   --json "$OUT/bench_overhead.json"
-run throughput python3 benchmarks/throughput.py $TPUT --output "$OUT/throughput.md"
-run bench_grad_stats python3 benchmarks/bench_grad_stats.py $GRAD --output "$OUT/bench_grad_stats.md"
+run throughput "$PY" benchmarks/throughput.py $TPUT --output "$OUT/throughput.md"
+run bench_grad_stats "$PY" benchmarks/bench_grad_stats.py $GRAD --output "$OUT/bench_grad_stats.md"
 echo "== tables ($DEV)"; cat "$OUT/card.txt"
 for t in bench_step bench_overhead throughput bench_grad_stats; do echo; cat "$OUT/$t.md" 2>/dev/null; done

@@ -52,6 +52,7 @@ from metaalign_det.data.datasets.synthetic import (  # noqa: E402
 )
 from metaalign_det.data.pairs import (  # noqa: E402
     ROLES,
+    describe_set,
     load_manifest,
     pair_dataset_names,
     register_domain_pair,
@@ -191,16 +192,6 @@ def pair_problems(definition):
                 if what == "VOC root":
                     break  # everything under it is missing too
     return problems
-
-
-def describe_set(spec):
-    if spec["type"] == "coco":
-        return f"COCO {spec['json']} (images under {spec['image_root']})"
-    if spec["type"] == "voc":
-        return f"VOC {spec['root']} (split {spec['split']}, {spec['image_dir']}/*{spec['image_ext']})"
-    if spec["type"] == "images":
-        return f"unlabelled images under {spec['root']} ({', '.join('*' + e for e in spec['extensions'])})"
-    return f"registered dataset {spec['name']}"
 
 
 @contextlib.contextmanager

@@ -56,6 +56,7 @@ from .datasets.image_files import IMAGE_EXTENSIONS, load_image_folder
 
 __all__ = [
     "ROLES",
+    "describe_set",
     "load_manifest",
     "register_domain_pair",
     "register_pair_manifests",
@@ -234,13 +235,14 @@ def _load_set(spec, classes, class_map, context, role):
     return records
 
 
-def _describe(spec):
+def describe_set(spec: Mapping[str, Any]) -> str:
+    """One line naming a normalised set spec (its type, files and split); used in protocols and tool output."""
     if spec["type"] == "coco":
-        return f"COCO {spec['json']} (images {spec['image_root']})"
+        return f"COCO {spec['json']} (images under {spec['image_root']})"
     if spec["type"] == "voc":
-        return f"VOC {spec['root']} ({spec['split']})"
+        return f"VOC {spec['root']} (split {spec['split']}, {spec['image_dir']}/*{spec['image_ext']})"
     if spec["type"] == "images":
-        return f"images under {spec['root']} (unlabelled)"
+        return f"unlabelled images under {spec['root']} ({', '.join('*' + e for e in spec['extensions'])})"
     return f"registered dataset {spec['name']}"
 
 
@@ -282,7 +284,7 @@ def register_domain_pair(
         DatasetCatalog.register(ds, loader)
         MetadataCatalog.get(ds).set(
             thing_classes=list(definition["classes"]), evaluator_type="coco", domain_pair=name, role=role,
-            protocol=(f"domain pair {name}: {role} = {_describe(spec)}"
+            protocol=(f"domain pair {name}: {role} = {describe_set(spec)}"
                       + ("; labels unused in training" if role == "target" else "")
                       + (f"; {description}" if description else "")),
         )

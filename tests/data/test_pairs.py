@@ -245,7 +245,7 @@ def test_images_folder_target(trees, tmp_path, monkeypatch):
     assert names == ["unlabelled_pair_source", "unlabelled_pair_target", "unlabelled_pair_test"]
     meta = MetadataCatalog.get("unlabelled_pair_target")
     assert meta.thing_classes == ["car"] and meta.role == "target"
-    assert f"target = images under {trees}/target (unlabelled)" in meta.protocol
+    assert f"target = unlabelled images under {trees}/target (*.jpg" in meta.protocol
     recs = DatasetCatalog.get("unlabelled_pair_target")
     assert [(r["file_name"], r["image_id"], r["width"], r["height"]) for r in recs] == [
         (paths[0], 0, 40, 24), (paths[1], 1, 40, 24), (paths[2], 2, 30, 20)]

@@ -83,3 +83,28 @@ def test_summary_pairs_seeds_and_hides_unfinished_search_rows(study_mod, tmp_pat
     # a search row with only the sweep seeds shows in the dev-search line, not in the reported table
     assert not any(line.startswith(f"| {m.ROWS[searched][2]} |") for line in table.splitlines())
     assert "searched on the target dev split" in table and "(search incomplete)" in table
+
+
+def test_summary_lists_paired_differences_among_teacher_rows(study_mod, tmp_path):
+    m = study_mod
+    study = _study(m, tmp_path)
+    fair = {s: _rec(m, "fair_source_only", s, dev=70.0, test=70.0 + s) for s in (0, 1, 2)}
+    teacher = {s: _rec(m, "teacher", s, dev=80.0, test=80.0 + 2 * s) for s in (0, 1, 2)}
+    # MetaAlign on top of the teacher: −1, +1, +3 on the shared seeds 0–2; seed 3 has no teacher-only run
+    meta = {s: _rec(m, "teacher_metaalign_fo", s, dev=80.0, test=80.0 + 2 * s - 1 + 2 * s) for s in (0, 1, 2, 3)}
+    table, _ = m.summarize(study, {"fair_source_only": fair, "teacher": teacher, "teacher_metaalign_fo": meta})
+    lines = table.splitlines()
+
+    def pair_line(x, y):
+        hits = [ln for ln in lines if ln.startswith(f"| {m.ROWS[x][2]} | {m.ROWS[y][2]} |")]
+        assert len(hits) == 1, (x, y, hits)
+        return hits[0]
+    # teacher − fair: 10, 11, 12 → mean +11.0, better on every seed
+    assert "| 3 | +11.0 [" in pair_line("teacher", "fair_source_only")
+    assert pair_line("teacher", "fair_source_only").endswith("| 3 of 3 |")
+    # MetaAlign − teacher pairs only seeds 0–2: −1, +1, +3 → mean +1.0, better on 2 of 3
+    line = pair_line("teacher_metaalign_fo", "teacher")
+    assert "| 3 | +1.0 [" in line and line.endswith("| 2 of 3 |")
+    # a pair with a row that has not run is left out
+    assert not any(ln.startswith(f"| {m.ROWS['teacher_metaalign_fo'][2]} | {m.ROWS['teacher_align'][2]} |")
+                   for ln in lines)

@@ -78,6 +78,11 @@ ROWS = {
     "oracle": ("oracle_R18_FPN.yaml", [], "oracle (labelled target train)"),
     # teacher-student rows: the base detector is the burn-in (TEACHER.BURN_IN_ITERS 0)
     "fair_source_only": ("fair_source_only_R18_FPN.yaml", [], "fair source-only (strong aug + EMA)"),
+    # its two ingredients apart (which of them makes the fair baseline fair)
+    "fair_aug_only": ("fair_source_only_R18_FPN.yaml", ["MODEL.EMA.ENABLED", "False"],
+                      "source-only, strong aug only (no EMA)"),
+    "fair_ema_only": ("fair_source_only_R18_FPN.yaml", ["INPUT.STRONG_AUG.SOURCE", "weak"],
+                      "source-only, EMA only (weak aug)"),
     "teacher": ("teacher_R18_FPN.yaml", ["TEACHER.BURN_IN_ITERS", "0"], "mean teacher"),
     "teacher_align": ("teacher_align_R18_FPN.yaml", ["TEACHER.BURN_IN_ITERS", "0"],
                       "mean teacher + DA joint alignment"),
@@ -100,7 +105,8 @@ for _name, (_ov, _label) in SEARCH.items():
 FOLLOW_ALPHA = ("metaalign_fo_align_first", "metaalign_so", "teacher_metaalign_fo") + tuple(
     "metaalign_fo_" + n[len("da_joint_"):] for n in SEARCH)
 TEACHER_ROWS = ("fair_source_only", "teacher", "teacher_align", "teacher_metaalign_fo")
-EMA_ROWS = TEACHER_ROWS  # evaluated (and PAD-measured) through the EMA weights
+FAIR_ABLATION = ("fair_aug_only", "fair_ema_only")
+EMA_ROWS = TEACHER_ROWS + ("fair_ema_only",)  # evaluated (and PAD-measured) through the EMA weights
 # (x, y) pairs whose paired difference the summary lists: what the teacher, alignment and MetaAlign each add
 TEACHER_PAIRS = (("teacher", "fair_source_only"), ("teacher_align", "teacher"),
                  ("teacher_metaalign_fo", "teacher"), ("teacher_metaalign_fo", "teacher_align"))
@@ -512,7 +518,7 @@ def summarize(study, recs):
 
 
 ROW_ORDER = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x in ALPHAS] + \
-    ["metaalign_fo_align_first", "metaalign_so"] + list(TEACHER_ROWS) + \
+    ["metaalign_fo_align_first", "metaalign_so"] + list(FAIR_ABLATION) + list(TEACHER_ROWS) + \
     [r for n in SEARCH for r in (n, "metaalign_fo_" + n[len("da_joint_"):])] + ["oracle"]
 
 
@@ -522,7 +528,7 @@ SHORT_LABELS = {
     "metaalign_fo_align_first": "MetaAlign 1st, align_first", "metaalign_so": "MetaAlign 2nd", "oracle": "oracle",
     **{n: f"DA joint, {lab}" for n, (_, lab) in SEARCH.items()},
     **{"metaalign_fo_" + n[len("da_joint_"):]: f"MetaAlign 1st, {lab}" for n, (_, lab) in SEARCH.items()},
-    "fair_source_only": "fair source-only", "teacher": "mean teacher", "teacher_align": "teacher + DA joint",
+    "fair_aug_only": "SO + strong aug", "fair_ema_only": "SO + EMA", "fair_source_only": "fair source-only", "teacher": "mean teacher", "teacher_align": "teacher + DA joint",
     "teacher_metaalign_fo": "teacher + MetaAlign 1st",
 }
 

@@ -528,7 +528,8 @@ SHORT_LABELS = {
     "metaalign_fo_align_first": "MetaAlign 1st, align_first", "metaalign_so": "MetaAlign 2nd", "oracle": "oracle",
     **{n: f"DA joint, {lab}" for n, (_, lab) in SEARCH.items()},
     **{"metaalign_fo_" + n[len("da_joint_"):]: f"MetaAlign 1st, {lab}" for n, (_, lab) in SEARCH.items()},
-    "fair_aug_only": "SO + strong aug", "fair_ema_only": "SO + EMA", "fair_source_only": "fair source-only", "teacher": "mean teacher", "teacher_align": "teacher + DA joint",
+    "fair_aug_only": "SO + strong aug", "fair_ema_only": "SO + EMA",
+    "fair_source_only": "fair source-only", "teacher": "mean teacher", "teacher_align": "teacher + DA joint",
     "teacher_metaalign_fo": "teacher + MetaAlign 1st",
 }
 

@@ -5,11 +5,14 @@
 2. trains a source-only R18-FPN *base* detector on the labelled clear images (--base-iters);
 3. from that same base, trains two detectors for the same --iters iterations with the same seed (same source
    images in the same order): source-only (trained on) and the adapted one (--method, default MetaAlign
-   first order at the study's α; the unlabelled foggy train images are its only extra input);
+   first order at the study's α; the unlabelled foggy train images are its only extra input). The teacher
+   methods (mean teacher alone or inside MetaAlign; the base is their burn-in) are compared with the *fair*
+   source-only instead: the same strong augmentation and EMA, no target image;
 4. evaluates both on the target val (synthetic_foggy_val) and the source val and prints them side by side
    with the difference.
 
-    python tools/demo.py [--method metaalign|da_joint] [--base-iters 500] [--iters 200] [--seed 0]
+    python tools/demo.py [--method metaalign|da_joint|teacher|teacher_metaalign] [--base-iters 500]
+                         [--iters 200] [--seed 0]
 
 Finished steps are reused (a run whose result file exists is not retrained; an interrupted run resumes from
 its last checkpoint). Everything lands under --output-dir (default output/demo). One seed shows one draw;
@@ -25,9 +28,20 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo")
 TARGET_VAL, SOURCE_VAL = "synthetic_foggy_val", "synthetic_clear_val"
+# The baseline each method is compared with: plain source-only for feature alignment; for the teacher-student
+# methods the *fair* source-only (same strong augmentation and EMA, no target image), so that the difference is
+# what the target images buy, not what augmentation and weight averaging buy.
+BASELINES = {
+    "plain": ("source_only_R18_FPN.yaml", "source-only", "source_only"),
+    "fair": ("fair_source_only_R18_FPN.yaml", "fair source-only", "fair_source_only"),
+}
+# --method -> (config, label, extra overrides, baseline); the base detector is the teacher's burn-in
 METHODS = {
-    "metaalign": ("metaalign_R18_FPN.yaml", "MetaAlign (1st order)"),
-    "da_joint": ("da_joint_R18_FPN.yaml", "DA joint"),
+    "metaalign": ("metaalign_R18_FPN.yaml", "MetaAlign (1st order)", [], "plain"),
+    "da_joint": ("da_joint_R18_FPN.yaml", "DA joint", [], "plain"),
+    "teacher": ("teacher_R18_FPN.yaml", "mean teacher", ["TEACHER.BURN_IN_ITERS", "0"], "fair"),
+    "teacher_metaalign": ("teacher_metaalign_R18_FPN.yaml", "teacher + MetaAlign", ["TEACHER.BURN_IN_ITERS", "0"],
+                          "fair"),
 }
 
 
@@ -100,32 +114,32 @@ def main(argv=None):
         print(f"[demo] base done ({_fmt_time(s)})", flush=True)
 
     # 3. two detectors from the same base, the same schedule and seed (same source data order)
-    config, label = METHODS[args.method]
-    runs = {"source-only": (os.path.join(DEMO, "source_only_R18_FPN.yaml"),
-                            os.path.join(args.output_dir, "source_only")),
-            label: (os.path.join(DEMO, config), os.path.join(args.output_dir, args.method))}
+    config, label, extra, baseline = METHODS[args.method]
+    base_cfg, base_label, base_out = BASELINES[baseline]
+    runs = {base_label: (os.path.join(DEMO, base_cfg), os.path.join(args.output_dir, base_out), []),
+            label: (os.path.join(DEMO, config), os.path.join(args.output_dir, args.method), extra)}
     sched = ["MODEL.WEIGHTS", base_w, "SOLVER.MAX_ITER", str(args.iters), "SOLVER.WARMUP_ITERS",
              str(max(1, args.iters // 10)), "SOLVER.STEPS", f"({int(args.iters * 0.8)},)",
              "SOLVER.CHECKPOINT_PERIOD", str(max(1, args.iters // 3)), "DATASETS.TEST", tests, "SEED", str(args.seed)]
     todo = {k: v for k, v in runs.items() if not _done(v[1])}
     # One after the other with every thread each: the source-only run is the cheap one, so running the two
     # side by side (one thread each) would leave a core idle while the adapted run finishes.
-    for k, (cfg, out) in todo.items():
+    for k, (cfg, out, opts) in todo.items():
         print(f"[demo] {k}: {args.iters} more iterations from the base ({threads} threads)...", flush=True)
-        print(f"[demo] {k} done ({_fmt_time(_train(cfg, out, sched, threads))})", flush=True)
+        print(f"[demo] {k} done ({_fmt_time(_train(cfg, out, sched + opts, threads))})", flush=True)
 
     # 4. side by side
     (so_t, so_c), (ad_t, ad_c) = (_ap(runs[k][1], TARGET_VAL) for k in runs)
     so_s, ad_s = (_ap(runs[k][1], SOURCE_VAL)[0] for k in runs)
-    width = max(len(label), 11)
+    width = max(len(label), len(base_label))
     print(f"\nAP50 (coco101) on {TARGET_VAL} (target domain) — both from the same base detector, "
           f"{args.iters} more iterations, seed {args.seed}")
-    print(f"| {'class':<8} | {'source-only':>{width}} | {label:>{width}} | {'Δ':>6} |")
+    print(f"| {'class':<8} | {base_label:>{width}} | {label:>{width}} | {'Δ':>6} |")
     print(f"|{'-' * 10}|{'-' * (width + 2)}|{'-' * (width + 2)}|{'-' * 8}|")
     for c in so_c:
         print(f"| {c:<8} | {so_c[c]:>{width}.1f} | {ad_c[c]:>{width}.1f} | {ad_c[c] - so_c[c]:>+6.1f} |")
     print(f"| {'mean':<8} | {so_t:>{width}.1f} | {ad_t:>{width}.1f} | {ad_t - so_t:>+6.1f} |")
-    print(f"\nsource val ({SOURCE_VAL}): source-only {so_s:.1f}, {label} {ad_s:.1f}")
+    print(f"\nsource val ({SOURCE_VAL}): {base_label} {so_s:.1f}, {label} {ad_s:.1f}")
     print(f"[demo] total {_fmt_time(time.perf_counter() - t_start)}; outputs under {args.output_dir}. One seed is "
           "one draw: docs/benchmarks.md has the multi-seed study.")
     return 0

@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env test demo bench-step bench-eval adaptation-study clean-env
+.PHONY: env test demo demo-teacher bench-step bench-eval adaptation-study clean-env
 
 env:
 	python3 tools/bootstrap.py
@@ -14,6 +14,10 @@ test: env
 
 demo: env
 	$(PY) tools/demo.py
+
+# the mean teacher against the fair source-only baseline (same base detector as `make demo`)
+demo-teacher: env
+	$(PY) tools/demo.py --method teacher
 
 bench-step: env
 	$(PY) benchmarks/bench_step.py

@@ -130,6 +130,19 @@ def _run_logged(cmd, logfile, threads):
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
 
 
+def prune_checkpoints(out):
+    """Delete a finished run's periodic ``model_<iter>.pth`` files, keeping ``model_final.pth`` (what PAD and
+    later analysis read). Each is ~60-160 MB and a run writes several: unpruned, the full study left ~50 GB.
+    Returns the number of files removed. Called only after the run's record is written (resume no longer
+    needs them)."""
+    removed = 0
+    for name in sorted(os.listdir(out)):
+        if name.startswith("model_") and name.endswith(".pth") and name != "model_final.pth":
+            os.remove(os.path.join(out, name))
+            removed += 1
+    return removed
+
+
 def _read_ap(path):
     with open(path) as f:
         d = json.load(f)
@@ -302,6 +315,7 @@ class Study:
                "train_seconds": round(train_s, 1), "seconds": round(time.perf_counter() - t0, 1),
                "threads": threads, "resumed": resumed}
         _write_json(record, rec)
+        prune_checkpoints(out)
         log(f"{row} seed {seed}: {rec['seconds']:.0f} s, dev AP50 {rec['ap'][DEV]['mAP']:.1f}")
 
     def run_all(self, jobs):

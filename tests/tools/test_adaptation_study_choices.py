@@ -108,3 +108,11 @@ def test_summary_lists_paired_differences_among_teacher_rows(study_mod, tmp_path
     # a pair with a row that has not run is left out
     assert not any(ln.startswith(f"| {m.ROWS['teacher_metaalign_fo'][2]} | {m.ROWS['teacher_align'][2]} |")
                    for ln in lines)
+
+
+def test_finished_runs_keep_only_their_final_checkpoint(study_mod, tmp_path):
+    names = ["model_0000099.pth", "model_0000199.pth", "model_final.pth", "last_checkpoint", "metrics.json"]
+    for n in names:
+        (tmp_path / n).write_text("x")
+    assert study_mod.prune_checkpoints(str(tmp_path)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "metrics.json", "model_final.pth"]

@@ -132,9 +132,9 @@ def _run_logged(cmd, logfile, threads):
 
 def prune_checkpoints(out):
     """Delete a finished run's periodic ``model_<iter>.pth`` files, keeping ``model_final.pth`` (what PAD and
-    later analysis read). Each is ~60-160 MB and a run writes several: unpruned, the full study left ~50 GB.
-    Returns the number of files removed. Called only after the run's record is written (resume no longer
-    needs them)."""
+    later analysis read). Each is 110-160 MB (R18-FPN; more with an EMA) and a run writes several: unpruned,
+    the full study left ~50 GB. Returns the number of files removed. Called only after the run's record is
+    written (resume no longer needs them)."""
     removed = 0
     for name in sorted(os.listdir(out)):
         if name.startswith("model_") and name.endswith(".pth") and name != "model_final.pth":

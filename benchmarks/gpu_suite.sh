@@ -9,11 +9,10 @@
 #   OUT=gpu_results bash benchmarks/gpu_suite.sh            # on the GPU host, from the repo root
 #   OUT=/tmp/dry bash benchmarks/gpu_suite.sh --dry-run     # on CPU: tiny sizes, 1 step each (checks that
 #                                                           # every command runs; its numbers mean nothing)
-# Without detectron2 importable, the wheels in .whl/ are installed to /tmp/site first (a host without a
-# package index: detectron2's pure-Python wheel (`tools/install_detectron2.py --wheel-only`) plus fvcore, iopath, yacs,
-# omegaconf, hydra-core, antlr4 and pycocotools wheels for the host's Python, fetched with `pip download`).
-# The interpreter is $PYTHON, else .venv/bin/python, else python3. Each benchmark has a time limit so that
-# one cannot eat the others' time.
+# Without detectron2 importable, the wheels in .whl/ are installed to /tmp/site first (for a host without a
+# package index: the pure-Python detectron2 wheel of `tools/install_detectron2.py --wheel-only`, plus fvcore,
+# iopath, yacs, omegaconf, hydra-core, antlr4 and pycocotools wheels for the host's Python from `pip download`).
+# Each benchmark has a time limit so that one cannot eat the others' time.
 set -u
 OUT=${OUT:-gpu_results}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1

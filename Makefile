@@ -2,8 +2,10 @@
 # `make test` = the lint (ruff, configured in pyproject.toml), then the test suite; CI (.ci/run) runs it.
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
+# The official detectron2 at main (source tarball) that `make test-d2main` builds and tests against.
+D2_SOURCE ?= ../shared/third_party/detectron2-02b5c4e.tar.gz
 
-.PHONY: env test demo demo-teacher bench-step bench-eval adaptation-study clean-env
+.PHONY: env test test-d2main demo demo-teacher bench-step bench-eval adaptation-study clean-env
 
 env:
 	python3 tools/bootstrap.py
@@ -11,6 +13,13 @@ env:
 test: env
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
+
+# The second lane: the whole suite against detectron2 built from source (compiled _C) in .venv-d2main.
+# The build is cached by the source's hash (~/.cache/metaalign_det/source-builds), so it compiles once.
+test-d2main:
+	@test -e "$(D2_SOURCE)" || { echo "test-d2main: $(D2_SOURCE) not found (set D2_SOURCE=PATH to a detectron2 checkout or tarball)" >&2; exit 2; }
+	METAALIGN_VENV=$(CURDIR)/.venv-d2main METAALIGN_D2_SOURCE=$(D2_SOURCE) python3 tools/bootstrap.py
+	.venv-d2main/bin/python -m pytest -q tests
 
 demo: env
 	$(PY) tools/demo.py
@@ -29,4 +38,4 @@ adaptation-study: env
 	$(PY) benchmarks/adaptation_study.py --docs
 
 clean-env:
-	rm -rf .venv
+	rm -rf .venv .venv-d2main

@@ -11,6 +11,7 @@ import re
 import sys
 from typing import Iterable, List, Sequence
 
+import yaml
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -48,6 +49,7 @@ def setup_cfg(config_file, opts=(), freeze=True):
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"--config-file {config_file}: no such file")
+        _check_yaml_mapping(config_file)
         try:
             cfg.merge_from_file(config_file)
         except ValueError as e:
@@ -69,6 +71,27 @@ def setup_cfg(config_file, opts=(), freeze=True):
         cfg.freeze()
     register_config_datasets(cfg)
     return cfg
+
+
+def _check_yaml_mapping(path: str) -> None:
+    """One ValueError line for a config file that is not YAML (naming the line) or not a mapping of keys."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            top = yaml.safe_load(f)
+    except yaml.constructor.ConstructorError:
+        return  # python tags (detectron2 configs may use them): merge_from_file's unsafe loader reads them
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text file ({e.reason})") from None
+    if top is not None and not isinstance(top, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys (e.g. MODEL: ...), got a YAML "
+                         f"{type(top).__name__}")
 
 
 def _ints_for_float_keys(cfg, opts):
@@ -126,7 +149,9 @@ def load_config(config_file: str, opts: Sequence[str] = ()):
         return setup_cfg(config_file, list(opts), freeze=False)
     except FileNotFoundError as e:
         raise ToolError(str(e)) from e
-    except Exception as e:  # yacs / YAML / manifest errors name the key; keep them on one line
+    # what yacs (KeyError: unknown key; ValueError: type; AssertionError: its checks), YAML, the manifests
+    # (ValueError / KeyError) and reading a file (OSError) raise; anything else is a bug and surfaces
+    except (ValueError, KeyError, AssertionError, OSError, yaml.YAMLError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise ToolError(f"cannot merge {config_file} {' '.join(opts)}: {type(e).__name__}: {msg}".strip()) from e
 
@@ -152,7 +177,9 @@ def _load_coco_json_checked(name: str, json_file: str, image_root: str):
         return load_coco_json(json_file, image_root, name)
     except FileNotFoundError:
         raise
-    except Exception as e:  # truncated / non-COCO JSON: json, pycocotools and detectron2 raise all kinds
+    # truncated / non-COCO JSON: json (ValueError), pycocotools (AssertionError: not a dict; KeyError: no
+    # "images"), detectron2 (KeyError / TypeError / IndexError on malformed entries), reading (OSError)
+    except (ValueError, KeyError, TypeError, IndexError, AssertionError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{json_file} is not a readable COCO instances JSON ({type(e).__name__}: {first})") \
             from None
@@ -196,7 +223,8 @@ def load_dataset_dicts(name: str) -> List[dict]:
     check_datasets([name])
     try:
         dicts = DatasetCatalog.get(name)
-    except Exception as e:  # loaders raise FileNotFoundError / ValueError / ...; keep the first line
+    # what dataset loaders raise on bad files (see _load_coco_json_checked, the manifests): first line kept
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AssertionError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ToolError(f"dataset '{name}': {first}") from e
     if not dicts:

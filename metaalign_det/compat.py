@@ -20,19 +20,28 @@ evaluator and VOC loader, so numpy is left untouched.
 detectron2 API differences between v0.6 and newer official builds, each behind one named function (the
 engine calls these and never reads or writes detectron2's private trainer state itself):
 
-* :func:`init_step_trainer` -- ``SimpleTrainer.__init__`` takes (model, data_loader, optimizer) in every
-  version; newer ones add keyword options, and ``AMPTrainer.__init__`` changed its signature (v0.6:
-  ``grad_scaler``; newer: ``precision``, ``log_grad_scaler``, ...) and builds a CUDA-only GradScaler.
 * :func:`next_batch` / :func:`reset_data_loader` -- v0.6 ``SimpleTrainer`` keeps a plain
   ``_data_loader_iter`` attribute created in ``__init__``; newer builds make it a read-only lazy property
   (over ``_data_loader_iter_obj``) and add ``reset_data_loader(data_loader_builder)``.
 * :func:`default_trainer_checkpoints_step_trainer` -- newer ``DefaultTrainer.state_dict`` /
   ``load_state_dict`` include the step trainer's state under ``"_trainer"``; v0.6 leaves it out.
+* :func:`put_scalars_at` -- write scalars for an earlier iteration: newer ``EventStorage.put_scalar`` takes
+  ``cur_iter``; v0.6 records ``storage.iter``, so the (public) ``iter`` is set for the call and restored.
+* :class:`CheckpointerBase` / :func:`read_checkpoint` -- read a checkpoint file only through
+  ``DetectionCheckpointer.load`` (newer builds assert that ``_load_file`` runs inside ``load()``; v0.6 does
+  not), with read failures turned into one :class:`CheckpointReadError` line and a public hook,
+  ``prepare_checkpoint``, between reading the file and loading the model.
+
+Nothing else in the package touches a private detectron2 / fvcore name (tests/foundation scans for it).
 """
 import importlib.util
+import inspect
 import logging
+import pickle
 import sys
 import types
+import zipfile
+from typing import Any, Dict, Optional
 
 __all__ = [
     "apply",
@@ -40,10 +49,17 @@ __all__ = [
     "log_applied",
     "MissingCompiledOpError",
     "D2_MISSING_MESSAGE",
-    "init_step_trainer",
     "next_batch",
     "reset_data_loader",
     "default_trainer_checkpoints_step_trainer",
+    "put_scalars_at",
+    "step_trainer",
+    "set_step_trainer",
+    "record_eval_results",
+    "CheckpointReadError",
+    "CHECKPOINT_READ_ERRORS",
+    "checkpoint_read_reason",
+    "read_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -174,16 +190,22 @@ def applied():
 # ---- detectron2 trainer API: v0.6 vs newer official builds ---------------------------------------------
 
 
-def init_step_trainer(step_trainer, model, data_loader, optimizer):
-    """Run ``SimpleTrainer.__init__`` with the three arguments every detectron2 version accepts.
+def step_trainer(trainer):
+    """The step trainer (``SimpleTrainer`` / ``AMPTrainer`` or a subclass) a ``DefaultTrainer`` delegates
+    ``run_step`` to; kept as ``_trainer`` in every detectron2 version so far."""
+    return trainer._trainer
 
-    Called explicitly (not through ``super()``) so that an ``AMPTrainer`` subclass skips
-    ``AMPTrainer.__init__``, whose signature differs between versions and which builds a CUDA-only
-    GradScaler; the subclass builds its own scaler.
-    """
-    from detectron2.engine import SimpleTrainer
 
-    SimpleTrainer.__init__(step_trainer, model, data_loader, optimizer)
+def set_step_trainer(trainer, step) -> None:
+    """Make ``step`` the step trainer of ``trainer`` (a ``DefaultTrainer`` subclass building its own)."""
+    trainer._trainer = step
+
+
+def record_eval_results(trainer, results):
+    """Record ``results`` where ``DefaultTrainer.train()`` reads the last evaluation (for
+    TEST.EXPECTED_RESULTS); returns ``results``."""
+    trainer._last_eval_results = results
+    return results
 
 
 def next_batch(step_trainer):
@@ -217,3 +239,126 @@ def default_trainer_checkpoints_step_trainer():
     from detectron2.engine import DefaultTrainer, TrainerBase
 
     return DefaultTrainer.load_state_dict is not TrainerBase.load_state_dict
+
+
+def _put_scalar_takes_cur_iter() -> bool:
+    from detectron2.utils.events import EventStorage
+
+    return "cur_iter" in inspect.signature(EventStorage.put_scalar).parameters
+
+
+def put_scalars_at(storage, iteration: int, smoothing_hint: bool = True, **scalars: float) -> None:
+    """``storage.put_scalars(**scalars)`` recorded at ``iteration`` instead of the storage's current one.
+
+    Newer detectron2: ``put_scalar(..., cur_iter=iteration)``. v0.6 has no such argument and records
+    ``storage.iter``: the public ``iter`` property is set for the calls and restored afterwards.
+    """
+    if _put_scalar_takes_cur_iter():
+        for name, value in scalars.items():
+            storage.put_scalar(name, value, smoothing_hint=smoothing_hint, cur_iter=iteration)
+        return
+    current = storage.iter
+    try:
+        storage.iter = iteration
+        for name, value in scalars.items():
+            storage.put_scalar(name, value, smoothing_hint=smoothing_hint)
+    finally:
+        storage.iter = current
+
+
+# ---- checkpoint reading: only through DetectionCheckpointer.load ----------------------------------------
+
+class CheckpointReadError(ValueError):
+    """A file that cannot be read as a checkpoint; the message is one line naming the file."""
+
+
+# What torch.load / pickle raise on a file that is not a readable checkpoint: garbage or text
+# (UnpicklingError), empty (EOFError), truncated zip (RuntimeError "PytorchStreamReader failed", BadZipFile),
+# a weights_only refusal (UnpicklingError), unreadable (OSError), a pickled non-mapping (TypeError from
+# detectron2's ``"model" in loaded``), a bad query string (ValueError). Anything else is a bug and surfaces.
+CHECKPOINT_READ_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, TypeError,
+                          zipfile.BadZipFile)
+
+
+def checkpoint_read_reason(error: BaseException) -> str:
+    """One line of ``error``: torch.load's weights_only refusal is a page of advice around the actual reason."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        tag = "WeightsUnpickler error:"
+        if tag in line:
+            rest = line.split(tag, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return f"torch.load(weights_only=True) refused it: {rest}"[:300]
+    return (lines[0] if lines else "")[:300]
+
+
+def _checkpointer_class():
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    return DetectionCheckpointer
+
+
+def _make_checkpointer_base():
+    DetectionCheckpointer = _checkpointer_class()
+
+    class CheckpointerBase(DetectionCheckpointer):
+        """``DetectionCheckpointer`` with two guarantees and one public hook, the same on every build.
+
+        * A file that cannot be read as a checkpoint raises :class:`CheckpointReadError`, one line naming it
+          (not a pickle traceback; on newer builds not an assertion about ``load()`` either).
+        * ``prepare_checkpoint(checkpoint) -> dict or None`` runs on the dict read from the file, before the
+          model is loaded from it: return the (possibly changed) dict to load, or None to load nothing
+          (read only). Default: the dict unchanged.
+
+        Files are only ever read through ``load()`` / ``resume_or_load()``, as newer detectron2 requires.
+        """
+
+        def prepare_checkpoint(self, checkpoint: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+            return checkpoint
+
+        def _load_file(self, filename: str):
+            try:
+                return super()._load_file(filename)
+            except CHECKPOINT_READ_ERRORS as e:
+                raise CheckpointReadError(
+                    f"{filename}: cannot be read as a checkpoint ({type(e).__name__}: {checkpoint_read_reason(e)})"
+                ) from e
+
+        def _load_model(self, checkpoint):
+            checkpoint = self.prepare_checkpoint(checkpoint)
+            if checkpoint is None:
+                return None  # read only: fvcore's load() skips the incompatible-keys report on None
+            return super()._load_model(checkpoint)
+
+    CheckpointerBase.__module__ = __name__
+    CheckpointerBase.__qualname__ = "CheckpointerBase"
+    return CheckpointerBase
+
+
+_CHECKPOINTER_BASE = []
+
+
+def __getattr__(name):
+    # CheckpointerBase subclasses detectron2's DetectionCheckpointer, which may only be imported after
+    # apply() (the _C placeholder): built on first access instead of at import time.
+    if name == "CheckpointerBase":
+        if not _CHECKPOINTER_BASE:
+            _CHECKPOINTER_BASE.append(_make_checkpointer_base())
+        return _CHECKPOINTER_BASE[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def read_checkpoint(model, path: str) -> Dict[str, Any]:
+    """The dict stored in checkpoint ``path`` as detectron2 reads it for ``model`` ("model" entry present;
+    ``.pkl`` / ``.pyth`` converted with ``matching_heuristics``), without loading anything into ``model``.
+
+    Raises :class:`CheckpointReadError` (one line) if the file is not a readable checkpoint.
+    """
+    captured: Dict[str, Any] = {}
+
+    class _Reader(__getattr__("CheckpointerBase")):
+        def prepare_checkpoint(self, checkpoint):
+            captured.update(checkpoint)
+            return None
+
+    _Reader(model, save_to_disk=False).load(path, checkpointables=[])
+    return captured

@@ -48,7 +48,7 @@ from metaalign_det.cli import (  # noqa: E402
     register_coco_json,
     split_config_overrides,
 )
-from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights  # noqa: E402
+from metaalign_det.evaluation import WeightsMismatchError, load_eval_weights  # noqa: E402
 from metaalign_det.utils.io import atomic_write_json  # noqa: E402
 
 TOOL = "analyze_alignment.py"
@@ -115,12 +115,8 @@ def _batches(cfg, name, max_images, seed, batch_size=4):
 def analyze(cfg, weights, source, target, levels, args):
     """PAD per representation and grad_cos for one checkpoint; returns a dict."""
     model = build_model(cfg)
-    use_ema = bool(cfg.MODEL.EMA.ENABLED)  # EMA configs: the evaluated model is the checkpoint's "ema" entry
-    load_checked_weights(model, weights, use_ema=use_ema)  # raises on a checkpoint that does not fit the config
-    state = torch.load(weights, map_location="cpu", weights_only=False) if weights.endswith(".pth") else {}
-    if use_ema and isinstance(state, dict) and isinstance(state.get("ema"), dict):
-        state = state["ema"]
-    keys = set(state.get("model", state)) if isinstance(state, dict) else set()
+    # EMA configs: the evaluated model is the checkpoint's "ema" entry; raises on a checkpoint that does not fit
+    keys = load_eval_weights(model, cfg, weights).keys
     # a checkpoint trained without DA heads (source-only): the heads keep their initialisation here
     heads_from_init = any(k.startswith(("da_img_head.", "da_ins_head.")) for k in model.state_dict()) and \
         not any(k.startswith(("da_img_head.", "da_ins_head.")) for k in keys)

@@ -6,10 +6,12 @@ Run with any Python >= 3.9 (``make`` does it). Steps, each skipped when already 
    so a user's own torch / detectron2 builds are kept as they are;
 2. torch / torchvision from ``requirements/torch.txt`` unless the venv already imports torch >= 2.1;
 3. ``requirements/base.txt``;
-4. detectron2 (``tools/install_detectron2.py``: keeps an importable one, else the checked v0.6 sdist);
+4. detectron2 (``tools/install_detectron2.py``: keeps an importable one, else the checked v0.6 sdist;
+   with ``METAALIGN_D2_SOURCE=PATH`` set, builds and installs the official code from that checkout or
+   tarball instead, compiled ``_C`` included -- what ``make test-d2main`` does);
 5. ``pip install -e .`` of this project.
-A stamp file holding a hash of the requirement files, setup.py and the installer makes a second run
-return in about a second.
+A stamp file holding a hash of the requirement files, setup.py, the installer and the detectron2 source
+choice makes a second run return in about a second. ``METAALIGN_VENV`` names another venv folder.
 """
 import hashlib
 import os
@@ -21,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.environ.get("METAALIGN_VENV", os.path.join(ROOT, ".venv"))
 PY = os.path.join(VENV, "bin", "python")
 STAMP = os.path.join(VENV, ".metaalign_stamp")
+D2_SOURCE = os.environ.get("METAALIGN_D2_SOURCE", "")
 INPUTS = ["requirements/torch.txt", "requirements/base.txt", "setup.py", "tools/install_detectron2.py",
           "tools/bootstrap.py"]
 
@@ -42,6 +45,9 @@ def inputs_hash():
     for rel in INPUTS:
         with open(os.path.join(ROOT, rel), "rb") as f:
             h.update(rel.encode() + b"\0" + f.read())
+    if D2_SOURCE:  # a changed tarball/tree (size or time) must rebuild; the installer's cache keys on bytes
+        st = os.stat(D2_SOURCE)
+        h.update(f"d2-source\0{os.path.abspath(D2_SOURCE)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -54,6 +60,8 @@ def torch_ok(python):
 def main():
     if sys.version_info < (3, 9):
         fail(f"Python >= 3.9 needed, this is {sys.version.split()[0]}")
+    if D2_SOURCE and not os.path.exists(D2_SOURCE):
+        fail(f"METAALIGN_D2_SOURCE={D2_SOURCE}: no such file or directory (a detectron2 checkout or tarball)")
     digest = inputs_hash()
     if os.path.exists(STAMP) and open(STAMP).read().strip() == digest and os.path.exists(PY):
         return 0  # everything already installed for these exact inputs
@@ -74,7 +82,11 @@ def main():
             fail("torch not importable after installing requirements/torch.txt")
     run([PY, "-m", "pip", "install", "-q", "-r", "requirements/base.txt"],
         "installing requirements/base.txt")
-    run([PY, "tools/install_detectron2.py"], "detectron2")
+    if D2_SOURCE:
+        run([PY, "tools/install_detectron2.py", "--source", os.path.abspath(D2_SOURCE)],
+            f"detectron2 built from {D2_SOURCE}")
+    else:
+        run([PY, "tools/install_detectron2.py"], "detectron2")
     run([PY, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", "."],
         "installing metaalign_det (editable)")
     with open(STAMP, "w") as f:

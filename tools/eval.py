@@ -44,7 +44,7 @@ from metaalign_det.evaluation import (
     DetectionAPEvaluator,
     WeightsMismatchError,
     format_ap_table,
-    load_checked_weights,
+    load_eval_weights,
     protocol_text,
 )
 from metaalign_det.evaluation.ap import default_max_dets
@@ -118,8 +118,7 @@ def setup(args):
     cpu_cfg.defrost()
     cpu_cfg.MODEL.DEVICE = "cpu"
     model = build_model(cpu_cfg)
-    for warning in load_checked_weights(model, args.weights, allow_missing=args.allow_missing_keys,
-                                        use_ema=cfg.MODEL.EMA.ENABLED):
+    for warning in load_eval_weights(model, cfg, args.weights, allow_missing=args.allow_missing_keys).warnings:
         logging.getLogger(__name__).warning(warning)
     return cfg, datasets, model
 
@@ -131,7 +130,7 @@ def run(cfg, args, datasets, model=None):
         register_coco_json(args.coco_json)
         register_config_datasets(cfg)
         model = build_model(cfg)
-        load_checked_weights(model, args.weights, allow_missing=args.allow_missing_keys, use_ema=cfg.MODEL.EMA.ENABLED)
+        load_eval_weights(model, cfg, args.weights, allow_missing=args.allow_missing_keys)
     else:
         model.to(cfg.MODEL.DEVICE)
     reports = {}

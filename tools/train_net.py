@@ -11,6 +11,7 @@ Bad input (missing config file, unknown dataset or missing split, a bad key valu
 CUDA config on a machine without CUDA) exits with one ``error:`` line, before the first iteration.
 The console shows the run; the environment, config and model dumps are in OUTPUT_DIR/log.txt.
 """
+import logging
 import os
 import sys
 
@@ -26,6 +27,7 @@ from metaalign_det.engine import MetaAlignTrainer  # noqa: E402
 from metaalign_det.engine.checkpoint import AtomicDetectionCheckpointer  # noqa: E402
 from metaalign_det.engine.setup import setup_run  # noqa: E402
 from metaalign_det.engine.trainer import check_device, check_eval_config, check_model_weights  # noqa: E402
+from metaalign_det.evaluation import WeightsMismatchError, load_eval_weights  # noqa: E402
 
 Trainer = MetaAlignTrainer
 
@@ -44,15 +46,19 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         check_eval_config(cfg)
-        checkpointer = AtomicDetectionCheckpointer(Trainer.build_model(cfg), save_dir=cfg.OUTPUT_DIR)
-        if not (args.resume and checkpointer.has_checkpoint()):
+        model = Trainer.build_model(cfg)
+        checkpointer = AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        if args.resume and checkpointer.has_checkpoint():
+            path = checkpointer.get_checkpoint_file()
+        else:
             if not cfg.MODEL.WEIGHTS:
                 raise ValueError("--eval-only needs MODEL.WEIGHTS: the checkpoint to evaluate")
             check_model_weights(cfg.MODEL.WEIGHTS)
-        ckpt = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        if cfg.MODEL.EMA.ENABLED and isinstance(ckpt.get("ema"), dict):  # evaluate the EMA, as training does
-            checkpointer.model.load_state_dict(ckpt["ema"]["model"])
-        return Trainer.test(cfg, checkpointer.model)
+            path = cfg.MODEL.WEIGHTS
+        # checked against the config; the EMA entry for EMA configs, as training evaluates it
+        for warning in load_eval_weights(model, cfg, path).warnings:
+            logging.getLogger("detectron2").warning(warning)
+        return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
@@ -63,7 +69,7 @@ def cli(argv=None):
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, KeyError, FileNotFoundError, FloatingPointError, WeightsMismatchError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2

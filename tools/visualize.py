@@ -37,7 +37,7 @@ from metaalign_det.cli import (
     register_coco_json,
     split_config_overrides,
 )
-from metaalign_det.evaluation import WeightsMismatchError, load_checked_weights
+from metaalign_det.evaluation import WeightsMismatchError, load_eval_weights
 from metaalign_det.utils.plots import load_metrics, plot_training_curves
 from metaalign_det.utils.visualization import (
     draw_ground_truth,
@@ -97,7 +97,7 @@ def _predictors(args):
             cfg.MODEL.DEVICE = args.device
         cfg.MODEL.WEIGHTS = ""  # DefaultPredictor then builds without loading; the checked load follows
         predictor = DefaultPredictor(cfg)
-        for warning in load_checked_weights(predictor.model, weights, use_ema=cfg.MODEL.EMA.ENABLED):
+        for warning in load_eval_weights(predictor.model, cfg, weights).warnings:
             logging.getLogger(__name__).warning(warning)
         predictors.append(predictor)
     return predictors

@@ -32,9 +32,9 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.data.samplers import TrainingSampler
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
+from torch.utils.data import Sampler
 
 from .mapper import SafeImageMapper
 
@@ -51,24 +51,40 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class ResumableTrainingSampler(TrainingSampler):
-    """detectron2's infinite shuffled ``TrainingSampler`` that can start ``skip`` global indices in.
+class ResumableTrainingSampler(Sampler):
+    """The index stream of detectron2's ``TrainingSampler`` (same seed, same indices), able to start ``skip``
+    global indices in.
 
-    ``skip`` counts indices of the global stream (all processes), i.e. ``start_iter * total_batch_size``.
+    The stream: a ``torch.Generator`` seeded once with ``seed``, then one ``torch.randperm(size)`` after another
+    (``arange`` without ``shuffle``), infinitely; process ``rank`` of ``world_size`` takes every
+    ``world_size``-th index from ``skip + rank``. ``skip`` counts indices of the global stream (all
+    processes), i.e. ``start_iter * total_batch_size``. ``seed`` None: one random seed shared by all processes
+    (``comm.shared_random_seed``), as TrainingSampler does. Written out rather than inherited because
+    TrainingSampler keeps its seed, rank and stream in private members.
     """
 
     def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None, skip: int = 0) -> None:
-        super().__init__(size, shuffle=shuffle, seed=seed)
-        self._skip = int(skip)
+        if not isinstance(size, int) or size <= 0:
+            raise ValueError(f"ResumableTrainingSampler(size={size!r}): expected a positive dataset size")
+        self.size = size
+        self.shuffle = bool(shuffle)
+        self.seed = int(comm.shared_random_seed() if seed is None else seed)
+        self.skip = int(skip)
+        self.rank = comm.get_rank()
+        self.world_size = comm.get_world_size()
 
-    @property
-    def seed(self) -> int:
-        return self._seed
+    def indices(self) -> Iterator[int]:
+        """The global (all-process) infinite index stream from its start."""
+        g = torch.Generator()
+        g.manual_seed(self.seed)
+        while True:
+            if self.shuffle:
+                yield from torch.randperm(self.size, generator=g).tolist()
+            else:
+                yield from torch.arange(self.size).tolist()
 
     def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(
-            self._infinite_indices(), self._skip + self._rank, None, self._world_size
-        )
+        yield from itertools.islice(self.indices(), self.skip + self.rank, None, self.world_size)
 
 
 def check_dataset_names(key: str, names: Sequence[str]) -> None:

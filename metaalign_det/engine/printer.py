@@ -31,18 +31,18 @@ class TrainingMetricPrinter(EventWriter):
 
     def __init__(self, max_iter: Optional[int] = None, window_size: int = 20) -> None:
         self.logger = logging.getLogger("metaalign_det.train")
-        self._max_iter = max_iter
-        self._window_size = window_size
-        self._last_write = None  # (iteration, time.perf_counter()) of the previous line
+        self.max_iter = max_iter
+        self.window_size = window_size
+        self.last_write = None  # (iteration, time.perf_counter()) of the previous line
 
     def _median(self, storage, key) -> Optional[float]:
         try:
-            return storage.history(key).median(self._window_size)
+            return storage.history(key).median(self.window_size)
         except KeyError:
             return None
 
     def _eta(self, storage) -> str:
-        if self._max_iter is None:
+        if self.max_iter is None:
             return ""
         iteration = storage.iter
         now = time.perf_counter()
@@ -50,19 +50,19 @@ class TrainingMetricPrinter(EventWriter):
             per_iter = storage.history("time").median(1000)
         except KeyError:
             per_iter = None
-            if self._last_write is not None and iteration > self._last_write[0]:
-                per_iter = (now - self._last_write[1]) / (iteration - self._last_write[0])
-        self._last_write = (iteration, now)
+            if self.last_write is not None and iteration > self.last_write[0]:
+                per_iter = (now - self.last_write[1]) / (iteration - self.last_write[0])
+        self.last_write = (iteration, now)
         if per_iter is None:
             return ""
-        seconds = per_iter * max(self._max_iter - iteration - 1, 0)
+        seconds = per_iter * max(self.max_iter - iteration - 1, 0)
         storage.put_scalar("eta_seconds", seconds, smoothing_hint=False)
         return f"eta: {datetime.timedelta(seconds=int(seconds))}  "
 
     def write(self) -> None:
         storage = get_event_storage()
         iteration = storage.iter
-        if iteration == self._max_iter:  # training finished: nothing new to report
+        if iteration == self.max_iter:  # training finished: nothing new to report
             return
         histories = storage.histories()
         parts = []

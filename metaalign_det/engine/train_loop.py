@@ -95,10 +95,11 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     max_iter: Optional[int] = None
 
     def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
-                 options: Optional[MetaAlignStepOptions] = None, seed: Optional[int] = None) -> None:
-        # Not super(): in the AMP subclass the MRO's next class is AMPTrainer (see compat.init_step_trainer);
-        # MetaAlignAMPTrainer builds its own GradScaler.
-        compat.init_step_trainer(self, model, data_loader, optimizer)
+                 options: Optional[MetaAlignStepOptions] = None, seed: Optional[int] = None,
+                 **base_kwargs: Any) -> None:
+        # base_kwargs reach the next class of the MRO: SimpleTrainer (none), or AMPTrainer (grad_scaler=...),
+        # whose real constructor runs; (model, data_loader, optimizer, grad_scaler=) is its API in v0.6 and later.
+        super().__init__(model, data_loader, optimizer, **base_kwargs)
         self.options = options or MetaAlignStepOptions()
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # Every trainable parameter gets a gradient; META.PARAMS only restricts which ones take the inner
@@ -302,21 +303,15 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         if not comm.is_main_process():
             return
         storage = get_event_storage()
-        current = storage.iter
-        try:
-            for j, (it, _, _, _) in enumerate(records):
-                per_process = [r[j] for r in all_records]
-                storage.iter = it  # put_scalar records the storage's iteration
-                storage.put_scalar("data_time", max(x[3] for x in per_process))
-                loss_means = {k: float(np.mean([x[1][k] for x in per_process])) for k in per_process[0][1]}
-                storage.put_scalar("total_loss", sum(loss_means.values()))
-                storage.put_scalars(**loss_means)
-                meta_keys = set().union(*(x[2].keys() for x in per_process))
-                meta_means = {k: float(np.mean([x[2][k] for x in per_process if k in x[2]])) for k in meta_keys}
-                if meta_means:
-                    storage.put_scalars(**meta_means, smoothing_hint=False)
-        finally:
-            storage.iter = current
+        for j, (it, _, _, _) in enumerate(records):  # each record at the iteration it was measured
+            per_process = [r[j] for r in all_records]
+            loss_means = {k: float(np.mean([x[1][k] for x in per_process])) for k in per_process[0][1]}
+            compat.put_scalars_at(storage, it, data_time=max(x[3] for x in per_process),
+                                  total_loss=sum(loss_means.values()), **loss_means)
+            meta_keys = set().union(*(x[2].keys() for x in per_process))
+            meta_means = {k: float(np.mean([x[2][k] for x in per_process if k in x[2]])) for k in meta_keys}
+            if meta_means:
+                compat.put_scalars_at(storage, it, smoothing_hint=False, **meta_means)
 
     # -- the step -----------------------------------------------------------------------------------
     def run_step(self) -> None:
@@ -405,9 +400,9 @@ class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
         self.device_type = device_type or next(model.parameters()).device.type
         if self.device_type != "cuda" and self.amp_dtype == torch.float16:
             raise ValueError("SOLVER.AMP.DTYPE 'float16' needs a CUDA device; use 'bfloat16' on CPU")
+        # torch.amp's scaler for this device (AMPTrainer would default to the CUDA-only torch.cuda.amp one)
         scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
-        MetaAlignSimpleTrainer.__init__(self, model, data_loader, optimizer, options, seed)
-        self.grad_scaler = scaler
+        super().__init__(model, data_loader, optimizer, options, seed, grad_scaler=scaler)
 
     def autocast_context(self) -> ContextManager[Any]:
         return torch.autocast(self.device_type, dtype=self.amp_dtype)

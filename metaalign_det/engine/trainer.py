@@ -168,20 +168,25 @@ class MetaAlignTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         self._data_seeds = data_loader.seeds
-        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
+        compat.set_step_trainer(self, build_step_trainer(cfg, model, data_loader, optimizer))
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        if getattr(self._trainer, "ema", None) is not None:  # teacher-student: the EMA is the "ema" entry
-            self.checkpointer.add_checkpointable("ema", self._trainer.ema)
+        if getattr(self.step_trainer, "ema", None) is not None:  # teacher-student: the EMA is the "ema" entry
+            self.checkpointer.add_checkpointable("ema", self.step_trainer.ema)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    @property
+    def step_trainer(self) -> MetaAlignSimpleTrainer:
+        """The step trainer that runs each iteration (what DefaultTrainer keeps as its ``_trainer``)."""
+        return compat.step_trainer(self)
+
     def after_train(self) -> None:
         # the steps since the last log step (a run stopped by an error): their metrics reach the writers'
         # final write; no collective, since another process may not be there to join it
-        self._trainer.flush_metrics(collective=False)
+        self.step_trainer.flush_metrics(collective=False)
         super().after_train()
 
     @classmethod
@@ -201,7 +206,7 @@ class MetaAlignTrainer(DefaultTrainer):
         EMA (teacher-student) the EvalHook evaluates the EMA -- the teacher -- instead of the student."""
         self._event_writers = None
         ret = super().build_hooks()  # calls build_writers() once (main process)
-        if getattr(self._trainer, "ema", None) is not None:
+        if getattr(self.step_trainer, "ema", None) is not None:
             ret = [hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_ema) if isinstance(h, hooks.EvalHook) else h
                    for h in ret]
         if self._event_writers is None:
@@ -210,8 +215,8 @@ class MetaAlignTrainer(DefaultTrainer):
                 if isinstance(h, hooks.PeriodicWriter) else h for h in ret]
 
     def _test_ema(self) -> Dict:
-        self._last_eval_results = self.test(self.cfg, self._trainer.ema.model)
-        return self._last_eval_results
+        # recorded where DefaultTrainer.train() reads the last results (TEST.EXPECTED_RESULTS)
+        return compat.record_eval_results(self, self.test(self.cfg, self.step_trainer.ema.model))
 
     def build_writers(self) -> List[EventWriter]:
         """detectron2's writers (metrics.json, TensorBoard) with our console line in place of
@@ -235,14 +240,14 @@ class MetaAlignTrainer(DefaultTrainer):
         if not (resume and self.checkpointer.has_checkpoint()):  # MODEL.WEIGHTS is what gets loaded
             check_model_weights(self.cfg.MODEL.WEIGHTS)
         super().resume_or_load(resume=resume)
-        ema = getattr(self._trainer, "ema", None)
+        ema = getattr(self.step_trainer, "ema", None)
         if ema is not None and not ema.restored:  # teacher-student: no "ema" in the checkpoint: start from
             ema.copy_from(self.model)              # the loaded weights (MODEL.WEIGHTS or the resumed model)
         if self.start_iter > 0:
             # Continue the data streams where the checkpointed run stopped, not from their beginning.
             start, seeds = self.start_iter, self._data_seeds
             compat.reset_data_loader(
-                self._trainer, lambda: self.build_train_loader(self.cfg, start_iter=start, seeds=seeds)
+                self.step_trainer, lambda: self.build_train_loader(self.cfg, start_iter=start, seeds=seeds)
             )
             logger.info("Resumed at iteration %d; data streams skip what was consumed", self.start_iter)
 
@@ -253,13 +258,13 @@ class MetaAlignTrainer(DefaultTrainer):
     def state_dict(self) -> dict:
         ret = super().state_dict()
         if not compat.default_trainer_checkpoints_step_trainer():  # v0.6
-            ret["_trainer"] = self._trainer.state_dict()
+            ret["_trainer"] = self.step_trainer.state_dict()
         ret["data_seeds"] = dict(self._data_seeds)
         return ret
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict and not compat.default_trainer_checkpoints_step_trainer():  # v0.6
-            self._trainer.load_state_dict(state_dict["_trainer"])
+            self.step_trainer.load_state_dict(state_dict["_trainer"])
         if "data_seeds" in state_dict:
             self._data_seeds = dict(state_dict["data_seeds"])

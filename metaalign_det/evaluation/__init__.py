@@ -15,7 +15,7 @@ from .ap import METRICS, APResult, compute_ap
 from .coco_reference import pycocotools_ap
 from .evaluator import DetectionAPEvaluator, build_evaluator
 from .table import ap_key, ap_table_title, format_ap_table, protocol_text
-from .weights import WeightsMismatchError, check_weights_fit, load_checked_weights
+from .weights import EvalWeights, WeightsMismatchError, check_weights_fit, load_checked_weights, load_eval_weights
 
 __all__ = [
     "METRICS",
@@ -31,4 +31,6 @@ __all__ = [
     "WeightsMismatchError",
     "check_weights_fit",
     "load_checked_weights",
+    "load_eval_weights",
+    "EvalWeights",
 ]

@@ -11,14 +11,20 @@ With ``use_ema`` (configs with MODEL.EMA.ENABLED) the checkpoint's ``"ema"`` ent
 average the trainer evaluates, the mean teacher -- is loaded instead of its ``"model"`` entry (the student).
 Checkpoints that detectron2 loads by name-matching heuristics (Caffe2/Detectron1 ``.pkl``, pycls) are not
 checked (their names differ by design); detectron2 logs what it matched.
+
+Files are read only through ``DetectionCheckpointer.load`` (:mod:`metaalign_det.compat`), so the same code works on
+detectron2 v0.6 and on newer builds.
 """
 import os
-from typing import Dict, List, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Set, Tuple
 
 import numpy as np
-from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["WeightsMismatchError", "INFERENCE_PREFIXES", "check_weights_fit", "load_checked_weights"]
+from .. import compat
+
+__all__ = ["WeightsMismatchError", "INFERENCE_PREFIXES", "check_weights_fit", "load_checked_weights",
+           "EvalWeights", "load_eval_weights"]
 
 INFERENCE_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
 _SHOWN = 5  # keys named in a message
@@ -34,25 +40,17 @@ def _some(keys: List[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + more
 
 
-def _read(model, path: str) -> Dict:
-    if not os.path.isfile(path):
+def _check_exists(path: str) -> None:
+    if "://" not in path and not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
+
+
+def _read(model, path: str) -> Dict:
+    _check_exists(path)
     try:
-        return DetectionCheckpointer(model)._load_file(path)
-    except Exception as e:  # corrupt / foreign file: one line, not a pickle traceback
-        raise WeightsMismatchError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {_reason(e)})") \
-            from e
-
-
-def _reason(error: Exception) -> str:
-    """One line of ``error``: torch.load's weights_only refusal is a page of advice around the actual reason."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    for i, line in enumerate(lines):
-        tag = "WeightsUnpickler error:"
-        if tag in line:
-            rest = line.split(tag, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
-            return f"torch.load(weights_only=True) refused it: {rest}"
-    return lines[0] if lines else ""
+        return compat.read_checkpoint(model, path)
+    except compat.CheckpointReadError as e:
+        raise WeightsMismatchError(str(e)) from e
 
 
 def _compare(model, ckpt: Dict, path: str, allow_missing: bool) -> List[str]:
@@ -110,11 +108,44 @@ def check_weights_fit(model, path: str, allow_missing: bool = False, use_ema: bo
     return notes + _compare(model, ckpt, path, allow_missing)
 
 
+@dataclass
+class EvalWeights:
+    """What :func:`load_eval_weights` loaded: ``warnings`` (one line each), ``keys`` (the model-weight names
+    stored in the loaded entry, after "module." stripping), ``ema`` (True: the checkpoint's EMA entry)."""
+
+    warnings: List[str] = field(default_factory=list)
+    keys: Set[str] = field(default_factory=set)
+    ema: bool = False
+
+
+def _load(model, path: str, allow_missing: bool, use_ema: bool) -> EvalWeights:
+    _check_exists(path)
+    report = EvalWeights()
+
+    class _Checked(compat.CheckpointerBase):
+        def prepare_checkpoint(self, checkpoint):
+            ckpt, notes = _select_ema(checkpoint, path, use_ema)
+            report.warnings = notes + _compare(model, ckpt, path, allow_missing)
+            report.ema = ckpt is not checkpoint
+            if isinstance(ckpt.get("model"), dict):
+                report.keys = {k[len("module."):] if k.startswith("module.") else k for k in ckpt["model"]}
+            return ckpt  # loaded by detectron2: ndarray conversion, heuristics, prefix stripping
+
+    try:
+        _Checked(model, save_to_disk=False).load(path, checkpointables=[])
+    except compat.CheckpointReadError as e:
+        raise WeightsMismatchError(str(e)) from e
+    return report
+
+
 def load_checked_weights(model, path: str, allow_missing: bool = False, use_ema: bool = False) -> List[str]:
     """:func:`check_weights_fit`, then load the same checkpoint into ``model`` the way DetectionCheckpointer
-    does (one read of the file). Returns the warnings. ``use_ema``: load the ``"ema"`` entry (see above)."""
-    checkpointer = DetectionCheckpointer(model)
-    ckpt, notes = _select_ema(_read(model, path), path, use_ema)
-    warnings = notes + _compare(model, ckpt, path, allow_missing)
-    checkpointer._load_model(ckpt)  # detectron2's loader: ndarray conversion, heuristics, prefix stripping
-    return warnings
+    does (one read of the file, through its ``load()``). Returns the warnings. ``use_ema``: load the ``"ema"``
+    entry (see above)."""
+    return _load(model, path, allow_missing, use_ema).warnings
+
+
+def load_eval_weights(model, cfg, path: str, allow_missing: bool = False) -> EvalWeights:
+    """Load the weights the config evaluates: the checkpoint's ``"ema"`` entry for MODEL.EMA.ENABLED configs
+    (what the trainer evaluates), else its ``"model"`` entry; checked as :func:`check_weights_fit` does."""
+    return _load(model, path, allow_missing, bool(cfg.MODEL.EMA.ENABLED))

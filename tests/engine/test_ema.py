@@ -87,7 +87,7 @@ def test_trainer_updates_checkpoints_and_evaluates_the_ema(tmp_path, monkeypatch
     init = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.resume_or_load(resume=False)
     trainer.train()
-    ema = trainer._trainer.ema
+    ema = trainer.step_trainer.ema
     assert ema.updates == 2
     assert evaluated == [ema.model]  # the final evaluation ran on the EMA, not the student
     student = trainer.model.state_dict()
@@ -112,10 +112,11 @@ def test_ema_starts_from_model_weights_and_resumes_from_the_checkpoint(tmp_path)
     # non-resume load of MODEL.WEIGHTS: the EMA restarts as a copy of the loaded student
     trainer = build_trainer(_fair_source_only(tmp_path / "data", tmp_path / "b", "MODEL.WEIGHTS", weights))
     trainer.resume_or_load(resume=False)
-    assert all(torch.equal(v, first.model.state_dict()[k]) for k, v in trainer._trainer.ema.model.state_dict().items())
+    ema_state = trainer.step_trainer.ema.model.state_dict()
+    assert all(torch.equal(v, first.model.state_dict()[k]) for k, v in ema_state.items())
     # resume: the EMA is the checkpoint's, not a copy of the student
     trainer = build_trainer(_fair_source_only(tmp_path / "data", tmp_path / "a", "SOLVER.MAX_ITER", "2"))
     trainer.resume_or_load(resume=True)
-    assert trainer._trainer.ema.restored
-    assert all(torch.equal(v, first._trainer.ema.model.state_dict()[k])
-               for k, v in trainer._trainer.ema.model.state_dict().items())
+    assert trainer.step_trainer.ema.restored
+    assert all(torch.equal(v, first.step_trainer.ema.model.state_dict()[k])
+               for k, v in trainer.step_trainer.ema.model.state_dict().items())

@@ -65,7 +65,7 @@ def _nan_worker(rank, world, data_dir, out_dir):
     from metaalign_det.engine import MetaAlignTrainer
 
     trainer = MetaAlignTrainer(cfg)
-    step = trainer._trainer
+    step = trainer.step_trainer
     original = step.compute_gradients
 
     def poisoned(source, target):

@@ -114,7 +114,7 @@ def test_every_meta_mode_and_direction_trains_with_the_teacher(tmp_path, mode, d
         assert latest["meta/direction_is_align_first"] == float(direction == "align_first")
     moved = [k for k, v in trainer.model.state_dict().items() if not torch.equal(before[k], v)]
     assert len(moved) > 10
-    ema = trainer._trainer.ema.model
+    ema = trainer.step_trainer.ema.model
     assert all(p.grad is None and not p.requires_grad for p in ema.parameters())  # never a gradient
 
 
@@ -154,7 +154,7 @@ def test_teacher_metrics_are_deferred_to_log_steps_under_their_own_iterations(tm
     (or the host) until a log step or the last iteration, then reach the storage under their own iterations."""
     cfg = _teacher_cfg(tmp_path, "out", "SOLVER.LOG_PERIOD", "2", "SOLVER.MAX_ITER", "3", "META.MODE", "first_order",
                        "TEACHER.MONITOR_PERIOD", "1", "TEACHER.MONITOR_GT", "True")
-    step = build_trainer(cfg)._trainer
+    step = build_trainer(cfg).step_trainer
     assert (step.log_period, step.max_iter) == (2, 3)
     keys = ("teacher/pseudo_per_image", "teacher/pseudo_score", "teacher/agreement", "teacher/pseudo_precision",
             "teacher/pseudo_recall", "loss_pseudo_cls")
@@ -178,7 +178,7 @@ def test_source_views(tmp_path, views):
     """"strong": the supervised loss sees the strong view of each source image; "both": weak + strong copies."""
     cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "MODEL.EMA.ENABLED", "True", "INPUT.STRONG_AUG.SOURCE", views)
     trainer = build_trainer(cfg)
-    step = trainer._trainer
+    step = trainer.step_trainer
     seen = []
     original = step.build_loss_evaluator
     step.build_loss_evaluator = lambda source, target: seen.append((source, target)) or original(source, target)
@@ -231,8 +231,8 @@ def test_target_labels_never_reach_training_even_with_monitoring(tmp_path, monke
     assert all(d.read <= {"image", "file_name", "transforms"} for d in seen), [d.read for d in seen]
     assert all("image" in d.read and "file_name" in d.read for d in seen)
     for name in ("model", "ema"):
-        a = clean.model if name == "model" else clean._trainer.ema.model
-        b = audited.model if name == "model" else audited._trainer.ema.model
+        a = clean.model if name == "model" else clean.step_trainer.ema.model
+        b = audited.model if name == "model" else audited.step_trainer.ema.model
         assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items()), name
     assert any("teacher/pseudo_precision" in r for r in _metrics(tmp_path / "audited"))
     assert not any("teacher/pseudo_precision" in r for r in _metrics(tmp_path / "clean"))
@@ -260,11 +260,11 @@ def test_kill_and_resume_in_the_teacher_phase_gives_the_same_student_and_teacher
         train(cfg, hooks=[_Crash(2)])
     assert (tmp_path / "b" / "last_checkpoint").read_text() == "model_0000001.pth"  # saved in the teacher phase
     resumed = train(cfg, resume=True)
-    assert resumed.start_iter == 2 and resumed._trainer.ema.restored
+    assert resumed.start_iter == 2 and resumed.step_trainer.ema.restored
     if resets is not None:
         assert len(resets) == 1  # the data streams were replaced the newer way
     for name, a, b in (("student", straight.model, resumed.model),
-                       ("teacher", straight._trainer.ema.model, resumed._trainer.ema.model)):
+                       ("teacher", straight.step_trainer.ema.model, resumed.step_trainer.ema.model)):
         sa, sb = a.state_dict(), b.state_dict()
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6, msg=f"{name}: {k}")

@@ -38,7 +38,7 @@ def _run(data_dir, out_dir, weights):
     trainer = MetaAlignTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    return trainer.model.state_dict(), trainer._trainer.ema.model.state_dict()
+    return trainer.model.state_dict(), trainer.step_trainer.ema.model.state_dict()
 
 
 def _worker(rank, world, data_dir, out_dir, weights):

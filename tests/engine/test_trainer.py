@@ -48,7 +48,7 @@ def test_meta_modes_train_and_log(tmp_path, mode):
     # "alternate" (official schedule): det_first on even iterations, align_first on odd ones
     assert [r["meta/direction_is_align_first"] for r in rows] == [0.0, 1.0]
     if mode == "second_order":  # roi_align has no double backward: the auto HVP fell back and remembers
-        assert set(trainer._trainer._hvp_known.values()) == {"finite_difference"}
+        assert set(trainer.step_trainer._hvp_known.values()) == {"finite_difference"}
 
 
 def test_meta_step_changes_the_update(tmp_path):
@@ -132,7 +132,7 @@ def test_meta_params_restrict_fast_weights(tmp_path):
     cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "META.MODE", "first_order",
                     "META.PARAMS", "['roi_heads[.]']")
     trainer = MetaAlignTrainer(cfg)
-    fast = trainer._trainer.fast
+    fast = trainer.step_trainer.fast
     assert fast and all(n.startswith("roi_heads.") for n in fast)
     before = {k: v.clone() for k, v in trainer.model.named_parameters()}
     one_step(trainer)
@@ -253,7 +253,7 @@ def test_non_finite_weights_after_the_update_stop_training(tmp_path):
     cfg = quick_cfg(tmp_path / "data", tmp_path / "out", "SOLVER.BASE_LR", "1e38", "SOLVER.WARMUP_ITERS", "0",
                     "SOLVER.CHECKPOINT_PERIOD", "1")
     trainer = build_trainer(cfg)
-    trainer._trainer.max_weight_norm_growth = None
+    trainer.step_trainer.max_weight_norm_growth = None
     with pytest.raises(FloatingPointError, match="diverged at iteration 0: the update made the weights non-finite"):
         trainer.train()
     assert not list((tmp_path / "out").glob("*.pth"))

@@ -25,7 +25,7 @@ def train(cfg, resume=False, hooks=()):
 
 def one_step(trainer, it=0):
     with EventStorage(it) as storage:
-        trainer._trainer.iter = storage.iter = it
-        trainer._trainer.run_step()
-        trainer._trainer.flush_metrics()  # metrics are read from the device on log steps only
+        trainer.step_trainer.iter = storage.iter = it
+        trainer.step_trainer.run_step()
+        trainer.step_trainer.flush_metrics()  # metrics are read from the device on log steps only
         return storage

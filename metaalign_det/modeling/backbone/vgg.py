@@ -104,10 +104,8 @@ class VGG16Backbone(Backbone):
         if not 0 <= freeze_blocks <= 5:
             raise ValueError(f"MODEL.VGG.FREEZE_BLOCKS must be in 0..5, got {freeze_blocks}")
         # keep the order of the network, not of the config
-        self._out_features = sorted(out_features, key=lambda f: VGG16_OUTPUTS[f][0])
-        self._out_feature_strides = {f: VGG16_OUTPUTS[f][1] for f in self._out_features}
-        self._out_feature_channels = {f: VGG16_OUTPUTS[f][2] for f in self._out_features}
-        self._out_index = {VGG16_OUTPUTS[f][0]: f for f in self._out_features}
+        self.out_feature_names = sorted(out_features, key=lambda f: VGG16_OUTPUTS[f][0])
+        self._out_index = {VGG16_OUTPUTS[f][0]: f for f in self.out_feature_names}
 
         self.features = _make_layers(in_channels, max(self._out_index))
         if weights:
@@ -127,10 +125,15 @@ class VGG16Backbone(Backbone):
             "in_channels": input_shape.channels,
         }
 
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        """name -> ShapeSpec(channels, stride) of each output (public API; not Backbone's private tables)."""
+        return {f: ShapeSpec(channels=VGG16_OUTPUTS[f][2], stride=VGG16_OUTPUTS[f][1])
+                for f in self.out_feature_names}
+
     @property
     def size_divisibility(self) -> int:
         # pad to the largest stride so every max-pool halves exactly and the strides are exact
-        return max(self._out_feature_strides.values())
+        return max(VGG16_OUTPUTS[f][1] for f in self.out_feature_names)
 
     def load_torchvision_weights(self, path: str) -> None:
         """Load ``features.N.*`` from a torchvision VGG16 state dict file (``torch.save(vgg16().state_dict())``).

@@ -38,12 +38,12 @@ def simulate_newer_detectron2(monkeypatch):
 
     def state_dict(self):
         ret = TrainerBase.state_dict(self)
-        ret["_trainer"] = self.step_trainer.state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
         TrainerBase.load_state_dict(self, state_dict)
-        self.step_trainer.load_state_dict(state_dict["_trainer"])
+        self._trainer.load_state_dict(state_dict["_trainer"])
 
     monkeypatch.setattr(SimpleTrainer, "__init__", __init__)
     monkeypatch.setattr(SimpleTrainer, "_data_loader_iter", property(_data_loader_iter), raising=False)

@@ -49,7 +49,7 @@ def setup_cfg(config_file, opts=(), freeze=True):
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"--config-file {config_file}: no such file")
-        _check_yaml_mapping(config_file)
+        _check_config_file(config_file)
         try:
             cfg.merge_from_file(config_file)
         except ValueError as e:
@@ -67,21 +67,73 @@ def setup_cfg(config_file, opts=(), freeze=True):
             raise KeyError(f"config override {list(opts)}: {e}") from None
         except ValueError as e:
             raise ValueError(f"config override {list(opts)}: {e}") from None
+    register_config_datasets(cfg)
+    apply_pair(cfg)
     if freeze:
         cfg.freeze()
-    register_config_datasets(cfg)
     return cfg
 
 
-def _check_yaml_mapping(path: str) -> None:
-    """One ValueError line for a config file that is not YAML (naming the line) or not a mapping of keys."""
+def apply_pair(cfg) -> None:
+    """DATASETS.PAIR = a manifest path or a registered pair's name: set DATASETS.TRAIN / TRAIN_TARGET / TEST
+    to the pair's source, target and test set (no TEST when the pair has no labelled test set). Explicit
+    TRAIN / TRAIN_TARGET that differ are an error (one of the two ways, not both); an explicit TEST is kept
+    (e.g. several evaluation sets)."""
+    from .data import load_manifest, pair_dataset_names, registered_pairs
+
+    name = cfg.DATASETS.get("PAIR", "")
+    if not name:
+        return
+    if _is_manifest_path(name):  # registered by register_config_datasets
+        name = load_manifest(name)["name"]
+    pairs = registered_pairs()
+    if name not in pairs:
+        known = ", ".join(sorted(pairs)) or "none"
+        raise ValueError(f"DATASETS.PAIR: no domain pair {name!r} is registered (registered: {known}); name its "
+                         f"manifest in DATASETS.PAIR_MANIFESTS")
+    names = pair_dataset_names(name)
+    for key, role in (("TRAIN", "source"), ("TRAIN_TARGET", "target")):
+        given = tuple(cfg.DATASETS[key])
+        if given and given != (names[role],):
+            raise ValueError(f"DATASETS.PAIR {name!r} sets DATASETS.{key} to ({names[role]!r},) but the config "
+                             f"also sets it to {given}: give one of the two")
+        cfg.DATASETS[key] = (names[role],)
+    if not tuple(cfg.DATASETS.TEST):
+        cfg.DATASETS.TEST = (names["test"],) if pairs[name]["definition"]["test"] is not None else ()
+
+
+def _check_config_file(path: str, _seen: Sequence[str] = ()) -> None:
+    """One line for a config file that is not YAML (naming the line), not a mapping of keys, or whose
+    ``_BASE_`` chain names a missing file (naming the file whose ``_BASE_`` it is). Relative ``_BASE_`` paths
+    are resolved as detectron2 does: against the folder of the file that names them."""
+    top = _yaml_mapping(path)
+    base = (top or {}).get("_BASE_")
+    if base is None:
+        return
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: _BASE_ must be a path string, got {base!r}")
+    resolved = os.path.expanduser(base)
+    if not resolved.startswith(("/", "https://", "http://")):
+        resolved = os.path.join(os.path.dirname(path), resolved)
+    if "://" in resolved:
+        return  # a remote base: detectron2's PathManager fetches it
+    if not os.path.isfile(resolved):
+        raise FileNotFoundError(f"{path}: its _BASE_ {base!r} ({os.path.abspath(resolved)}) does not exist")
+    if os.path.abspath(resolved) in _seen:
+        raise ValueError(f"{path}: _BASE_ {base!r} makes a cycle ({' -> '.join(list(_seen) + [resolved])})")
+    _check_config_file(resolved, tuple(_seen) + (os.path.abspath(path),))
+
+
+def _yaml_mapping(path: str):
+    """The parsed top level of a YAML config file (None when empty); one ValueError line when it is not YAML
+    or not a mapping of keys. Files with Python tags (which detectron2's loader accepts) give None."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as f:
             top = yaml.safe_load(f)
     except yaml.constructor.ConstructorError:
-        return  # python tags (detectron2 configs may use them): merge_from_file's unsafe loader reads them
+        return None  # python tags (detectron2 configs may use them): merge_from_file's unsafe loader reads them
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -92,6 +144,7 @@ def _check_yaml_mapping(path: str) -> None:
     if top is not None and not isinstance(top, dict):
         raise ValueError(f"{path}: expected a mapping of config keys (e.g. MODEL: ...), got a YAML "
                          f"{type(top).__name__}")
+    return top
 
 
 def _ints_for_float_keys(cfg, opts):
@@ -128,7 +181,13 @@ def register_config_datasets(cfg) -> List[str]:
     from .data import register_pair_manifests
 
     manifests = list(cfg.DATASETS.get("PAIR_MANIFESTS", ()))
+    if _is_manifest_path(cfg.DATASETS.get("PAIR", "")):
+        manifests.append(cfg.DATASETS.PAIR)
     return register_pair_manifests(manifests) if manifests else []
+
+
+def _is_manifest_path(value: str) -> bool:
+    return bool(value) and (str(value).endswith((".yaml", ".yml", ".json")) or os.sep in str(value))
 
 
 class ToolError(Exception):
@@ -170,11 +229,14 @@ def split_config_overrides(values: Sequence[str], opts: Sequence[str]):
 
 
 def _load_coco_json_checked(name: str, json_file: str, image_root: str):
-    """detectron2's ``load_coco_json`` with a bad file turned into one ValueError naming it."""
+    """detectron2's ``load_coco_json`` with a bad file turned into one ValueError naming it, and the box rule
+    of :mod:`metaalign_det.data.datasets.box_rules` applied (clip / drop, one warning)."""
     from detectron2.data.datasets import load_coco_json
 
+    from .data.datasets.box_rules import apply_box_rule
+
     try:
-        return load_coco_json(json_file, image_root, name)
+        records = load_coco_json(json_file, image_root, name)
     except FileNotFoundError:
         raise
     # truncated / non-COCO JSON: json (ValueError), pycocotools (AssertionError: not a dict; KeyError: no
@@ -183,6 +245,7 @@ def _load_coco_json_checked(name: str, json_file: str, image_root: str):
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{json_file} is not a readable COCO instances JSON ({type(e).__name__}: {first})") \
             from None
+    return apply_box_rule(records, f"dataset '{name}' ({json_file})")
 
 
 def register_coco_json(specs: Iterable[str]) -> List[str]:

@@ -24,6 +24,10 @@ def add_metaalign_config(cfg):
     _C.DATASETS.TRAIN_TARGET = ()
     # YAML/JSON domain-pair manifests registered before any loader is built (see README "Register a pair").
     _C.DATASETS.PAIR_MANIFESTS = ()
+    # The domain pair to train on: a pair manifest's path (registered here), or the name of a registered pair.
+    # Fills TRAIN (<pair>_source), TRAIN_TARGET (<pair>_target) and TEST (<pair>_test when the pair has one,
+    # else none): configs/user_pair/ need only this and MODEL.ROI_HEADS.NUM_CLASSES. "" = off.
+    _C.DATASETS.PAIR = ""
     # Target images per step, over all processes (SOLVER.IMS_PER_BATCH counts the source images).
     _C.SOLVER.TARGET_IMS_PER_BATCH = 2
 

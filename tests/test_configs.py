@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
 MANIFESTS = [p for p in ALL if os.sep + "pairs" + os.sep in p]
 CONFIGS = [p for p in ALL if p not in MANIFESTS]
+USER_PAIR_MANIFEST = os.path.join(ROOT, "configs", "pairs", "synthetic_demo.yaml")
 
 
 def test_configs_found():
@@ -25,7 +26,13 @@ def test_configs_found():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_config_loads_and_builds(path):
-    cfg = setup_cfg(path, ["MODEL.DEVICE", "meta"])
+    opts = ["MODEL.DEVICE", "meta"]
+    if os.sep + "user_pair" + os.sep in path:  # the pattern for a user's pair: the manifest and the class count
+        opts += ["DATASETS.PAIR", USER_PAIR_MANIFEST, "MODEL.ROI_HEADS.NUM_CLASSES", "3"]
+    cfg = setup_cfg(path, opts)
+    if os.sep + "user_pair" + os.sep in path:
+        assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TRAIN_TARGET, cfg.DATASETS.TEST) == (
+            ("synthetic_demo_source",), ("synthetic_demo_target",), ("synthetic_demo_test",))
     check_step_config(cfg)
     registered = set(DatasetCatalog.list())
     for key in ("TRAIN", "TRAIN_TARGET", "TEST"):

@@ -29,6 +29,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+import _toolstart  # noqa: E402  (stdlib only: the start-up line, library notices kept off the console)
+
+_toolstart.begin("analyze_alignment")
+
+# isort: split
 import metaalign_det  # noqa: E402,F401  (compat first; registers models and datasets)
 
 # isort: split

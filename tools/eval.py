@@ -19,7 +19,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import metaalign_det  # noqa: E402,F401  (compat first; registers the project's models and datasets)  (compat first; registers the project's models and datasets)
+import _toolstart  # noqa: E402  (stdlib only: the start-up line, library notices kept off the console)
+
+_toolstart.begin("eval")
+
+# isort: split
+import metaalign_det  # noqa: E402,F401  (compat first; registers the project's models and datasets)
 
 # isort: split
 from detectron2.data import MetadataCatalog, build_detection_test_loader
@@ -46,6 +51,7 @@ from metaalign_det.evaluation import (
     format_ap_table,
     load_eval_weights,
     protocol_text,
+    unlabelled_reason,
 )
 from metaalign_det.evaluation.ap import default_max_dets
 from metaalign_det.utils.io import atomic_write_json
@@ -107,7 +113,10 @@ def setup(args):
     check_datasets(datasets)
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     for name in datasets:
-        load_dataset_dicts(name)  # unreadable or empty: one line; COCO-json datasets fill their metadata here
+        # unreadable or empty: one line; COCO-json datasets fill their metadata here
+        reason = unlabelled_reason(name, load_dataset_dicts(name))
+        if reason:
+            raise ToolError(reason)
         classes = MetadataCatalog.get(name).get("thing_classes", None)
         if classes is not None and len(classes) != num_classes:
             raise ToolError(

@@ -29,6 +29,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _toolstart  # noqa: E402  (stdlib only: the start-up line, library notices kept off the console)
+
+_toolstart.begin("prepare_datasets")
+
+# isort: split
 import metaalign_det  # noqa: E402,F401  (compat before detectron2)
 
 # isort: split
@@ -174,6 +179,8 @@ def pair_problems(definition):
     problems = []
     for role in ROLES:
         spec = definition[role]
+        if spec is None:  # an optional set the pair does not have (no labelled target test set)
+            continue
         need = []
         if spec["type"] == "coco":
             need = [(spec["json"], "annotation file", os.path.isfile),
@@ -272,7 +279,9 @@ def check_pair(path, name, definition, check_only, verify, workers):
     """Report one manifest's pair; return True when it is ready."""
     print(f"\n== pair {name} ({path})")
     for role in ROLES:
-        print(f"  {role:<7} {describe_set(definition[role])}")
+        spec = definition[role]
+        print(f"  {role:<7} " + (describe_set(spec) if spec is not None
+                                  else "none (no labelled target test set: training only, no target AP)"))
     problems = pair_problems(definition)
     if problems:
         print("  NOT READY:")
@@ -284,7 +293,7 @@ def check_pair(path, name, definition, check_only, verify, workers):
         return not problems
     # load every set whose files are there: all errors at once, not one per run
     missing = {p.split(":")[0] for p in problems}
-    names = [pair_dataset_names(name)[r] for r in ROLES if r not in missing]
+    names = [pair_dataset_names(name)[r] for r in ROLES if r not in missing and definition[r] is not None]
     records, ok = {}, not problems
     with collect_unreadable_images() as skipped:
         for n in names:

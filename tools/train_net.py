@@ -17,6 +17,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+import _toolstart  # noqa: E402  (stdlib only: the start-up line, library notices kept off the console)
+
+_toolstart.begin("train_net")
+
+# isort: split
 import metaalign_det  # noqa: E402  (applies compat before detectron2 is imported)
 
 # isort: split

@@ -21,7 +21,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import metaalign_det  # noqa: E402,F401  (compat first; registers the project's models and datasets)  (compat first; registers the project's models and datasets)
+import _toolstart  # noqa: E402  (stdlib only: the start-up line, library notices kept off the console)
+
+_toolstart.begin("visualize")
+
+# isort: split
+import metaalign_det  # noqa: E402,F401  (compat first; registers the project's models and datasets)
 
 # isort: split
 from detectron2.data import MetadataCatalog

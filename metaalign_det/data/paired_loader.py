@@ -90,7 +90,8 @@ class ResumableTrainingSampler(Sampler):
 def check_dataset_names(key: str, names: Sequence[str]) -> None:
     """Raise one clear ValueError if ``names`` (value of cfg ``key``) is empty or has unregistered names."""
     if not names:
-        raise ValueError(f"{key} is empty: name at least one registered dataset")
+        raise ValueError(f"{key} is empty: name at least one registered dataset (or set DATASETS.PAIR to your pair "
+                         f"manifest, see configs/user_pair/)")
     registered = set(DatasetCatalog.list())
     for n in names:
         if n not in registered:

@@ -56,6 +56,7 @@ from .datasets.image_files import IMAGE_EXTENSIONS, load_image_folder
 
 __all__ = [
     "ROLES",
+    "OPTIONAL_ROLES",
     "describe_set",
     "load_manifest",
     "register_domain_pair",
@@ -66,6 +67,7 @@ __all__ = [
 ]
 
 ROLES = ("source", "target", "test")
+OPTIONAL_ROLES = ("test",)  # a pair without a labelled target test set trains; it cannot be evaluated on the target
 _TOP_KEYS = {"name", "classes", "class_map", "source", "target", "test", "description"}
 _SET_KEYS = {
     "coco": ({"json", "image_root"}, {"class_map"}),
@@ -89,6 +91,17 @@ def pair_dataset_names(name: str) -> Dict[str, str]:
 def registered_pairs() -> Dict[str, dict]:
     """A copy of every pair registered in this process: name -> normalised definition."""
     return copy.deepcopy(_PAIRS)
+
+
+def _closest(key, allowed):
+    """[the allowed key ``key`` was most likely meant to be] (case, '_' and '-' ignored first), or []."""
+    import difflib
+
+    norm = {re.sub(r"[_\-]", "", k.lower()): k for k in allowed}
+    squashed = re.sub(r"[_\-]", "", str(key).lower())
+    if squashed in norm:
+        return [norm[squashed]]
+    return difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
 
 
 def _resolve_path(value, base_dir, where):
@@ -130,6 +143,9 @@ def _normalise(name, classes, sets, class_map, base_dir, where):
     for role in ROLES:
         spec = sets.get(role)
         w = f"{where}: {role}"
+        if spec is None and role in OPTIONAL_ROLES:
+            out[role] = None  # no labelled target test set: nothing to evaluate on the target
+            continue
         if not isinstance(spec, dict):
             raise ValueError(f"{w}: expected a mapping with 'type' and its keys, got {spec!r}")
         spec = dict(spec)
@@ -143,11 +159,15 @@ def _normalise(name, classes, sets, class_map, base_dir, where):
                              f"(give the {role} set as coco, voc or registered)")
         required, optional = _SET_KEYS[kind]
         missing = sorted(required - set(spec))
-        if missing:
-            raise ValueError(f"{w}: a {kind} set needs {sorted(required)}; missing {missing}")
         unknown = sorted(set(spec) - required - optional)
-        if unknown:
-            raise ValueError(f"{w}: unknown keys {unknown} for a {kind} set (allowed: {sorted(required | optional)})")
+        if missing or unknown:  # both at once: a misspelt key is usually the missing one
+            parts = [f"a {kind} set needs {sorted(required)}; missing {missing}"] if missing else []
+            if unknown:
+                hints = [f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k)
+                         for k in unknown for close in [_closest(k, required | optional)]]
+                parts.append(f"unknown keys [{', '.join(hints)}] for a {kind} set (allowed: "
+                             f"{sorted(required | optional)})")
+            raise ValueError(f"{w}: {'; '.join(parts)}")
         norm = {"type": kind}
         for k, v in spec.items():
             if k in _PATH_KEYS:
@@ -201,7 +221,15 @@ def _check_registered_classes(dataset, classes, class_map, where, allow_unlabell
 
 
 def _load_set(spec, classes, class_map, context, role):
-    """Dataset dicts of one set of a pair (called lazily by DatasetCatalog)."""
+    """Dataset dicts of one set of a pair (called lazily by DatasetCatalog), boxes that do not fit their image
+    clipped or dropped by :mod:`metaalign_det.data.datasets.box_rules` (one warning per load)."""
+    from .datasets.box_rules import apply_box_rule
+
+    return apply_box_rule(_read_set(spec, classes, class_map, context, role), context)
+
+
+def _read_set(spec, classes, class_map, context, role):
+    """The records of one set as its files give them."""
     cmap = {**class_map, **spec.get("class_map", {})}
     if spec["type"] == "images":
         return load_image_folder(spec["root"], spec["extensions"], context=context)
@@ -251,7 +279,7 @@ def register_domain_pair(
     classes: Sequence[str],
     source: Mapping[str, Any],
     target: Mapping[str, Any],
-    test: Mapping[str, Any],
+    test: Optional[Mapping[str, Any]] = None,
     class_map: Optional[Mapping[str, Optional[str]]] = None,
     base_dir: Optional[str] = None,
     description: Optional[str] = None,
@@ -260,14 +288,16 @@ def register_domain_pair(
     """Register ``<name>_source``, ``<name>_target`` and ``<name>_test`` (see the module docstring).
 
     ``source`` / ``target`` / ``test`` are set mappings as in a manifest; relative paths are relative to
-    ``base_dir`` (default: the working directory). Returns ``{"source": ..., "target": ..., "test": ...}``
-    dataset names. Re-registering the same definition is a no-op; a different one is a ValueError.
+    ``base_dir`` (default: the working directory). ``test`` None: the pair has no labelled target test set
+    (unsupervised adaptation); ``<name>_test`` is not registered. Returns ``{"source": ..., "target": ...,
+    "test": ...}``, the dataset names of the registered sets. Re-registering the same definition is a no-op;
+    a different one is a ValueError.
     """
     where = _origin or f"domain pair {name!r}"
     base_dir = os.path.abspath(base_dir or os.getcwd())
     definition = _normalise(name, classes, {"source": source, "target": target, "test": test}, class_map,
                             base_dir, where)
-    names = pair_dataset_names(name)
+    names = {r: n for r, n in pair_dataset_names(name).items() if definition[r] is not None}
     if name in _PAIRS:
         if _PAIRS[name]["definition"] == definition:
             return names
@@ -276,7 +306,7 @@ def register_domain_pair(
     taken = [n for n in names.values() if n in DatasetCatalog.list()]
     if taken:
         raise ValueError(f"{where}: dataset names {taken} are already registered by something else; rename the pair")
-    for role in ROLES:
+    for role in names:
         spec = definition[role]
         ds = names[role]
         loader = functools.partial(_load_set, spec, tuple(definition["classes"]), definition["class_map"],
@@ -321,11 +351,14 @@ def load_manifest(path: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"pair manifest {path}: expected a mapping with {sorted(_TOP_KEYS)}")
     unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise ValueError(f"pair manifest {path}: unknown keys {unknown} (allowed: {sorted(_TOP_KEYS)})")
-    missing = [k for k in ("name", "classes", *ROLES) if k not in data]
-    if missing:
-        raise ValueError(f"pair manifest {path}: missing keys {missing}")
+    missing = [k for k in ("name", "classes", *ROLES) if k not in data and k not in OPTIONAL_ROLES]
+    if unknown or missing:
+        parts = [f"missing keys {missing}"] if missing else []
+        if unknown:
+            hints = [f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k)
+                     for k in unknown for close in [_closest(k, _TOP_KEYS)]]
+            parts.append(f"unknown keys [{', '.join(hints)}] (allowed: {sorted(_TOP_KEYS)})")
+        raise ValueError(f"pair manifest {path}: {'; '.join(parts)}")
     out = {k: data.get(k) for k in ("name", "classes", "source", "target", "test", "class_map", "description")}
     out["base_dir"] = os.path.dirname(os.path.abspath(path))
     return out
@@ -351,5 +384,5 @@ def register_pair_manifests(paths: Union[str, Iterable[str], None]) -> List[str]
     for path in paths or ():
         m = load_manifest(path)
         names = register_domain_pair(**m, _origin=f"pair manifest {path}")
-        registered.extend(names[r] for r in ROLES)
+        registered.extend(names.values())
     return registered

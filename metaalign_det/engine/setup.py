@@ -2,6 +2,7 @@
 only), config.yaml, seeds. Building the config itself is :func:`metaalign_det.cli.setup_cfg`."""
 import argparse
 import logging
+import logging.handlers
 import os
 import re
 from typing import Optional
@@ -58,6 +59,23 @@ def setup_logging(output_dir: Optional[str], rank: int = 0) -> None:
             if not _is_log_file_handler(handler):
                 handler.setFormatter(_ConsoleFormatter())
                 handler.addFilter(_console_record)
+    _replay_startup_records()
+
+
+STARTUP_LOGGER = "metaalign_det.startup"
+
+
+def _replay_startup_records() -> None:
+    """Library notices the tools kept off the console at start-up (tools/_toolstart.py buffers them, marked
+    file-only, on the ``metaalign_det.startup`` logger) go to log.txt now, and later ones straight there."""
+    startup = logging.getLogger(STARTUP_LOGGER)
+    parent = logging.getLogger("metaalign_det")
+    for handler in list(startup.handlers):
+        if isinstance(handler, logging.handlers.BufferingHandler):
+            for record in handler.buffer:
+                parent.handle(record)
+            startup.removeHandler(handler)
+    startup.propagate = True
 
 
 def setup_run(cfg: CfgNode, args: argparse.Namespace) -> None:

@@ -24,7 +24,7 @@ from detectron2.utils.logger import setup_logger
 from .. import compat
 from ..data.augmentation import build_target_view_mapper
 from ..data.paired_loader import PairedDataLoader, build_paired_train_loader
-from ..evaluation import DetectionAPEvaluator, build_evaluator
+from ..evaluation import DetectionAPEvaluator, build_evaluator, unlabelled_reason
 from ..evaluation.ap import METRICS
 from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import broadcast_module_
@@ -130,6 +130,9 @@ def check_eval_config(cfg: CfgNode) -> None:
             raise ValueError(f"DATASETS.TEST: dataset '{name}' cannot be loaded: {_one_line(e)}") from None
         if not dicts:
             raise ValueError(f"DATASETS.TEST: dataset '{name}' has no images")
+        reason = unlabelled_reason(name, dicts)
+        if reason:
+            raise ValueError(f"DATASETS.TEST: {reason}")
 
 
 def check_model_weights(path: str, key: str = "MODEL.WEIGHTS") -> None:

@@ -13,7 +13,7 @@ compat.apply()  # before any detectron2 import; without detectron2: ImportError 
 
 from .ap import METRICS, APResult, compute_ap
 from .coco_reference import pycocotools_ap
-from .evaluator import DetectionAPEvaluator, build_evaluator
+from .evaluator import DetectionAPEvaluator, build_evaluator, unlabelled_reason
 from .table import ap_key, ap_table_title, format_ap_table, protocol_text
 from .weights import EvalWeights, WeightsMismatchError, check_weights_fit, load_checked_weights, load_eval_weights
 
@@ -32,5 +32,6 @@ __all__ = [
     "check_weights_fit",
     "load_checked_weights",
     "load_eval_weights",
+    "unlabelled_reason",
     "EvalWeights",
 ]

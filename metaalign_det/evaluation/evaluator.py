@@ -23,9 +23,21 @@ from .gather import gather_tensors
 from .ground_truth import evaluation_order, ground_truth_tensors, image_key
 from .table import ap_key, format_ap_table, protocol_text
 
-__all__ = ["DetectionAPEvaluator", "build_evaluator"]
+__all__ = ["DetectionAPEvaluator", "build_evaluator", "unlabelled_reason"]
 
 logger = logging.getLogger(__name__)
+
+
+def unlabelled_reason(dataset_name: str, dicts) -> Optional[str]:
+    """Why ``dicts`` (the records of ``dataset_name``) cannot be evaluated, or None.
+
+    An images-only set (an unlabelled target: no record has an ``annotations`` key) has no ground truth, and
+    AP over it would be a table of dashes. A labelled set whose images hold no box is still labelled.
+    """
+    if any("annotations" in d for d in dicts):
+        return None
+    return (f"dataset '{dataset_name}' has no labels (an images-only set, e.g. an unlabelled target): AP needs "
+            f"a labelled set; evaluate on the pair's labelled test set instead")
 
 
 class DetectionAPEvaluator(DatasetEvaluator):

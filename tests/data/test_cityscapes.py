@@ -216,7 +216,8 @@ def test_image_size_must_match_mask(cs_tree):
     p = os.path.join(root, "cityscapes", "leftImg8bit", "val", "lindau", "lindau_000000_000019_leftImg8bit.png")
     Image.new("RGB", (ft.W * 2, ft.H * 2)).save(p)
     with pytest.raises(ValueError,
-                       match=r"lindau_000000_000019_leftImg8bit.png is 80x48 but its annotation says 40x24"):
+                       match=r"lindau_000000_000019_leftImg8bit.png is 80x48 \(width x height, .*\) but its "
+                             r"annotation says 40x24"):
         DatasetCatalog.get("cityscapes_det_val")
 
 

@@ -160,7 +160,8 @@ def test_voc_set_with_unknown_class(trees, tmp_path, monkeypatch):
     ({"source": {"type": "coco", "json": "x.json"}}, r"source: a coco set needs \['image_root', 'json'\]; missing "
                                                      r"\['image_root'\]"),
     ({"target": {"type": "lmdb", "root": "x"}}, r"target: 'type' must be one of \['coco', 'registered', 'voc'\]"),
-    ({"test": {"type": "voc", "root": "x", "splt": "val"}}, r"test: unknown keys \['splt'\] for a voc set"),
+    ({"test": {"type": "voc", "root": "x", "splt": "val"}},
+     r"test: unknown keys \['splt' \(did you mean 'split'\?\)\] for a voc set"),
     ({"test": {"type": "registered", "name": "no_such_dataset"}}, r"dataset 'no_such_dataset' is not registered"),
     ({"name": "bad name"}, r"name must be a non-empty string"),
 ])
@@ -176,10 +177,13 @@ def test_manifest_file_errors(tmp_path):
         load_manifest(str(tmp_path / "nope.yaml"))
     p = tmp_path / "m.yaml"
     p.write_text("name: x\nclasses: [car]\nsource: {}\ntarget: {}\n")
-    with pytest.raises(ValueError, match=r"missing keys \['test'\]"):
+    assert load_manifest(str(p))["test"] is None  # the labelled target test set is optional
+    p.write_text("name: x\nclasses: [car]\nsource: {}\n")
+    with pytest.raises(ValueError, match=r"missing keys \['target'\]"):
         load_manifest(str(p))
-    p.write_text("name: x\nclases: [car]\n")
-    with pytest.raises(ValueError, match=r"unknown keys \['clases'\]"):
+    p.write_text("name: x\nclases: [car]\nsource: {}\ntarget: {}\n")
+    with pytest.raises(ValueError, match=r"missing keys \['classes'\]; unknown keys \['clases' \(did you mean "
+                                         r"'classes'\?\)\]"):
         load_manifest(str(p))
     p.write_text("name: [x\n")
     with pytest.raises(ValueError, match="not valid YAML"):

@@ -26,6 +26,7 @@ __all__ = [
     "check_image_files",
     "collect_unreadable_images",
     "load_image_folder",
+    "oriented_size",
     "verify_image",
 ]
 
@@ -60,14 +61,37 @@ def collect_unreadable_images() -> Iterator[List[Tuple[str, str]]]:
         _collectors.remove(found)
 
 
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_SIDES = {5, 6, 7, 8}  # transpose, rotate 270, transverse, rotate 90: width and height trade places
+
+
+def oriented_size(im: "Image.Image") -> Tuple[int, int]:
+    """``(width, height)`` of an opened (not necessarily decoded) image as detectron2 reads it for training:
+    ``detection_utils.read_image`` applies the EXIF orientation tag, and orientations 5-8 swap the sides.
+
+    Reads only the header: a JPEG's EXIF is in its header; a PNG's is looked at only when PIL found it there
+    (asking for it otherwise decodes the whole file).
+    """
+    w, h = im.size
+    if im.format == "PNG" and "exif" not in im.info:
+        return w, h
+    try:
+        orientation = im.getexif().get(_EXIF_ORIENTATION)
+    except DECODE_ERRORS:  # a broken EXIF block: detectron2 ignores it too
+        return w, h
+    return (h, w) if orientation in _SWAPS_SIDES else (w, h)
+
+
 def verify_image(path: str) -> Optional[str]:
-    """Fully decode ``path``; return None if it decodes, else a one-line reason (no exception).
+    """Read ``path`` exactly as training does (detectron2's ``read_image``: full decode, EXIF orientation
+    applied); return None if that works, else a one-line reason (no exception).
 
     Picklable (a module-level function) so that a process pool can run it.
     """
+    from detectron2.data.detection_utils import read_image
+
     try:
-        with Image.open(path) as im:
-            im.load()
+        read_image(path, format="BGR")
     except DECODE_ERRORS as e:
         return f"{type(e).__name__}: {e}"
     return None
@@ -82,7 +106,7 @@ def _read_header(path):
     try:
         with open(path, "rb") as f:
             with Image.open(f) as im:
-                w, h = im.size
+                w, h = oriented_size(im)
                 fmt = im.format
             marker = _END_MARKERS.get(fmt)
             if marker is None:
@@ -106,7 +130,8 @@ def check_image_files(records: List[dict], context: str) -> List[dict]:
     * an unreadable image (corrupt header, or a JPEG / PNG cut short) -> skipped, with one warning giving the
       count and the first file;
     * an image whose size differs from the record's height/width -> ``ValueError`` (boxes would be wrong);
-      a record whose height/width are None or absent gets them from the header (images-only sets);
+      a record whose height/width are None or absent gets them from the header (images-only sets). Sizes
+      are as training reads the image: EXIF orientation applied (:func:`oriented_size`);
     * nothing left -> ``ValueError`` (empty split).
     """
     missing = [r["file_name"] for r in records if not os.path.isfile(r["file_name"])]
@@ -124,8 +149,8 @@ def check_image_files(records: List[dict], context: str) -> List[dict]:
             r = dict(r, height=h, width=w)
         elif (h, w) != (r["height"], r["width"]):
             raise ValueError(
-                f"{context}: image {r['file_name']} is {w}x{h} but its annotation says "
-                f"{r['width']}x{r['height']}"
+                f"{context}: image {r['file_name']} is {w}x{h} (width x height, as training reads it: EXIF "
+                f"orientation applied) but its annotation says {r['width']}x{r['height']}"
             )
         kept.append(r)
     if bad:

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 from .coco_cache import cache_dir_for, coco_to_records, fingerprint_files, load_or_build
-from .image_files import check_image_files
+from .image_files import check_image_files, oriented_size
 
 __all__ = ["parse_voc_xml", "list_voc_ids", "load_voc_coco", "load_voc_records"]
 
@@ -86,7 +86,7 @@ def _build_voc_coco(voc_root, ids, ann_paths, image_dir, image_ext):
         if d["height"] is None:  # no <size>: read it from the image header
             try:
                 with Image.open(os.path.join(voc_root, file_name)) as im:
-                    d["width"], d["height"] = im.size
+                    d["width"], d["height"] = oriented_size(im)  # as training reads it (EXIF orientation)
             except OSError:
                 d["width"] = d["height"] = 0  # absent/corrupt: reported by check_image_files at load
         parsed.append((i, image_id, ann, file_name, d))

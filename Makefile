@@ -5,7 +5,7 @@ export PYTHONUNBUFFERED := 1
 # The official detectron2 at main (source tarball) that `make test-d2main` builds and tests against.
 D2_SOURCE ?= ../shared/third_party/detectron2-02b5c4e.tar.gz
 
-.PHONY: env test test-d2main demo demo-teacher bench-step bench-eval adaptation-study clean-env
+.PHONY: env test test-quick test-d2main demo demo-teacher bench-step bench-eval adaptation-study clean-env
 
 env:
 	python3 tools/bootstrap.py
@@ -13,6 +13,11 @@ env:
 test: env
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
+
+# The edit loop: lint + every test except the end-to-end tool runs and real builds (marked slow).
+test-quick: env
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow" tests
 
 # The second lane: the whole suite against detectron2 built from source (compiled _C) in .venv-d2main.
 # The build is cached by the source's hash (~/.cache/metaalign_det/source-builds), so it compiles once.

@@ -5,7 +5,6 @@ This module sits at the top of the package's layers (it may import every subpack
 ``metaalign_det`` imports it.
 """
 import ast
-import difflib
 import os
 import re
 import sys
@@ -269,15 +268,14 @@ def register_coco_json(specs: Iterable[str]) -> List[str]:
 
 def check_datasets(names: Sequence[str]) -> None:
     """Every name must be registered; else one line with the closest registered names."""
-    registered = DatasetCatalog.list()
-    for name in names:
-        if name not in registered:
-            close = difflib.get_close_matches(name, registered, n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise ToolError(
-                f"unknown dataset '{name}' (not registered{hint}); register it with --coco-json "
-                f"NAME=JSON:IMAGE_ROOT or DATASETS.PAIR_MANIFESTS"
-            )
+    from .data.paired_loader import unregistered_dataset
+
+    missing = unregistered_dataset(names)
+    if missing:
+        name, close = missing
+        hint = f"; did you mean {' or '.join(close[:3])}?" if close else ""
+        raise ToolError(f"unknown dataset '{name}' (not registered{hint}); register it with --coco-json "
+                        f"NAME=JSON:IMAGE_ROOT or DATASETS.PAIR_MANIFESTS")
 
 
 def load_dataset_dicts(name: str) -> List[dict]:

@@ -46,7 +46,9 @@ def test_config_loads_and_builds(path):
     torch.manual_seed(0)
     with torch.device("meta"):  # builds every module (shapes, registries) without allocating weights
         model = build_model(cfg)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
+    # the box predictor has the config's classes (+ background): what a checkpoint of this config must fit
+    assert model.roi_heads.box_predictor.cls_score.out_features == cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: os.path.relpath(p, ROOT))
@@ -54,4 +56,7 @@ def test_manifest_parses(path):
     from metaalign_det.data import load_manifest
 
     manifest = load_manifest(path)
-    assert manifest is not None
+    assert manifest["name"] == os.path.splitext(os.path.basename(path))[0]  # the file is named after its pair
+    assert manifest["classes"] and all(isinstance(c, str) for c in manifest["classes"])
+    for role in ("source", "target"):
+        assert manifest[role]["type"] in ("coco", "voc", "registered", "images"), (role, manifest[role])

@@ -45,6 +45,7 @@ __all__ = [
     "ResumableTrainingSampler",
     "build_paired_train_loader",
     "check_dataset_names",
+    "unregistered_dataset",
     "strip_annotations",
 ]
 
@@ -87,17 +88,31 @@ class ResumableTrainingSampler(Sampler):
         yield from itertools.islice(self.indices(), self.skip + self.rank, None, self.world_size)
 
 
-def check_dataset_names(key: str, names: Sequence[str]) -> None:
-    """Raise one clear ValueError if ``names`` (value of cfg ``key``) is empty or has unregistered names."""
-    if not names:
-        raise ValueError(f"{key} is empty: name at least one registered dataset (or set DATASETS.PAIR to your pair "
-                         f"manifest, see configs/user_pair/)")
-    registered = set(DatasetCatalog.list())
+def unregistered_dataset(names: Sequence[str]) -> Optional[Tuple[str, List[str]]]:
+    """The first of ``names`` that is not in ``DatasetCatalog``, with the closest registered names (by spelling;
+    else those with the same first word), or None. The one "is this dataset registered?" check of the package."""
+    import difflib
+
+    registered = DatasetCatalog.list()
     for n in names:
         if n not in registered:
-            close = sorted(r for r in registered if r.split("_")[0] == str(n).split("_")[0])[:8]
-            hint = f" (similar registered names: {', '.join(close)})" if close else ""
-            raise ValueError(f"{key}: dataset '{n}' is not registered{hint}")
+            close = difflib.get_close_matches(str(n), registered, n=3, cutoff=0.6) or \
+                sorted(r for r in registered if r.split("_")[0] == str(n).split("_")[0])[:8]
+            return str(n), close
+    return None
+
+
+def check_dataset_names(key: str, names: Sequence[str], allow_empty: bool = False) -> None:
+    """Raise one clear ValueError if ``names`` (value of cfg ``key``) is empty (unless ``allow_empty``) or has
+    an unregistered name (:func:`unregistered_dataset`)."""
+    if not names and not allow_empty:
+        raise ValueError(f"{key} is empty: name at least one registered dataset (or set DATASETS.PAIR to your pair "
+                         f"manifest, see configs/user_pair/)")
+    missing = unregistered_dataset(names)
+    if missing:
+        name, close = missing
+        hint = f" (similar registered names: {', '.join(close)})" if close else ""
+        raise ValueError(f"{key}: dataset '{name}' is not registered{hint}")
 
 
 def _classes(names) -> Optional[List[str]]:

@@ -23,7 +23,7 @@ from detectron2.utils.logger import setup_logger
 
 from .. import compat
 from ..data.augmentation import build_target_view_mapper
-from ..data.paired_loader import PairedDataLoader, build_paired_train_loader
+from ..data.paired_loader import PairedDataLoader, build_paired_train_loader, check_dataset_names
 from ..evaluation import DetectionAPEvaluator, build_evaluator, unlabelled_reason
 from ..evaluation.ap import METRICS
 from .checkpoint import AtomicDetectionCheckpointer
@@ -114,12 +114,7 @@ def check_eval_config(cfg: CfgNode) -> None:
     if not 0.0 < float(iou) <= 1.0:
         raise ValueError(f"TEST.AP_IOU must be in (0, 1], got {iou}")
     names = list(cfg.DATASETS.TEST)
-    registered = set(DatasetCatalog.list())
-    for name in names:
-        if name not in registered:
-            close = sorted(r for r in registered if r.split("_")[0] == str(name).split("_")[0])[:8]
-            hint = f" (similar registered names: {', '.join(close)})" if close else ""
-            raise ValueError(f"DATASETS.TEST: dataset '{name}' is not registered{hint}")
+    check_dataset_names("DATASETS.TEST", names, allow_empty=True)
     for name in names:
         try:
             dicts = DatasetCatalog.get(name)

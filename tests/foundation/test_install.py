@@ -111,6 +111,7 @@ def _install(*args, env=None):
                           capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_source_build_compiles_caches_and_reuses(tmp_path):
     tree, tarball = _fake_source(tmp_path)
     cache = tmp_path / "cache"
@@ -138,6 +139,7 @@ def test_source_build_compiles_caches_and_reuses(tmp_path):
     assert inst.source_digest(str(tree)) == key2
 
 
+@pytest.mark.slow
 def test_source_build_failure_is_one_line_with_the_log(tmp_path):
     _, tarball = _fake_source(tmp_path, c_code="this is not C;\n")
     proc = _install("--source", str(tarball), "--cache", str(tmp_path / "cache"), "--wheel-only", "--jobs", "1")

@@ -9,6 +9,16 @@ import torch
 __all__ = ["LossEvaluator"]
 
 
+@contextlib.contextmanager
+def _seeded(seed: int, devices: List[int]):
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        for d in devices:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 class LossEvaluator:
     """Evaluates the model's detection and alignment losses at parameter values ``p``.
 
@@ -41,16 +51,22 @@ class LossEvaluator:
         self.model, self.source, self.target = model, source, target
         self.autocast_ctx = autocast_ctx
         self.split = getattr(model, "split_losses", None)
-        self._cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        dev = next(model.parameters()).device
+        # the one GPU this process computes on: fork_rng saves / restores only its RNG (not every visible GPU's)
+        self._rng_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] \
+            if dev.type == "cuda" else []
         self.seed = int(seed)
         self._memo = None
         self.logged: Dict[str, torch.Tensor] = {}
         self.metrics: Dict[str, torch.Tensor] = {}
 
+    def seeded(self, seed: int):
+        """A context in which the CPU RNG and this process's GPU RNG start from ``seed``; both are restored
+        after it (other GPUs are neither saved nor touched)."""
+        return _seeded(seed, self._rng_devices)
+
     def _forward(self, p, with_target):
-        devices = list(range(torch.cuda.device_count())) if self._cuda else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)  # all devices
+        with self.seeded(self.seed):
             with self.autocast_ctx():
                 if self.split is None:  # plain GeneralizedRCNN: source-only detection
                     out = torch.func.functional_call(self.model, p, (self.source,))

@@ -228,9 +228,7 @@ class PseudoLabelLossEvaluator(LossEvaluator):
         self._pseudo_seed = (int(seed) * 31 + 17) % (2**63 - 1)
 
     def _pseudo(self, p):
-        devices = list(range(torch.cuda.device_count())) if self._cuda else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self._pseudo_seed)
+        with self.seeded(self._pseudo_seed):
             with self.autocast_ctx():
                 losses = self.pseudo_loss(p)
         for k, v in losses.items():

@@ -218,8 +218,14 @@ def read_items(inputs: List[Tuple[str, str]], fmt: str, skipped: List[Dict]) -> 
 
 
 def batches(items: Iterator[Item], size: int) -> Iterator[List[Item]]:
+    """Up to ``size`` consecutive items of one image size per batch: images of different sizes would be
+    zero-padded to the largest, which changes GroupNorm statistics (and so the detections) compared with one
+    image at a time; one size per batch keeps the results those of DefaultPredictor."""
     batch = []
     for item in items:
+        if batch and item.image.shape != batch[0].image.shape:
+            yield batch
+            batch = []
         batch.append(item)
         if len(batch) == size:
             yield batch

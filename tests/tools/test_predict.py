@@ -9,9 +9,18 @@ import os
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from metaalign_det.cli import register_config_datasets
+import metaalign_det  # noqa: F401  (compat before detectron2)
+
+# isort: split
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+
+from metaalign_det.cli import load_config, register_config_datasets
+from metaalign_det.evaluation import BatchPredictor, load_eval_weights
 from tests.helpers.configs import tiny_rcnn_cfg
 from tests.helpers.training import train
 from tests.toy_data import CLASSES, make_toy_coco
@@ -243,3 +252,24 @@ def test_nothing_readable_exits_2_naming_the_file(trained, tmp_path):
     assert line.startswith(f"predict.py: error: no input could be read (1 skipped; first: {bad}: "), line
     assert f"predict.py: warning: {bad}: cannot be read as an image" in proc.stderr  # said as it happened
     assert not out.exists()
+
+
+def test_batched_predictions_equal_default_predictor(trained):
+    """BatchPredictor on three same-size images in one forward gives DefaultPredictor's detections image by
+    image (the trained EMA weights, loaded the way the tool loads them)."""
+    cfg_file, ckpt, images = trained
+    cfg = load_config(cfg_file, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    cfg.MODEL.WEIGHTS = ""
+    reference = DefaultPredictor(cfg)
+    assert load_eval_weights(reference.model, cfg, ckpt).ema
+    model = build_model(cfg)
+    load_eval_weights(model, cfg, ckpt)
+    paths = sorted(glob.glob(os.path.join(images, "*.png")))
+    batched = BatchPredictor(cfg, model)([read_image(p, format=cfg.INPUT.FORMAT) for p in paths])
+    assert len(batched) == 3
+    for path, got in zip(paths, batched):
+        want = reference(read_image(path, format="BGR"))["instances"].to("cpu")  # DefaultPredictor takes BGR
+        assert len(got) == len(want) > 0
+        assert torch.equal(got.pred_classes, want.pred_classes)
+        assert torch.allclose(got.scores, want.scores, atol=1e-5)
+        assert torch.allclose(got.pred_boxes.tensor, want.pred_boxes.tensor, atol=1e-3)

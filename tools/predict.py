@@ -311,8 +311,8 @@ def setup(args):
 
 
 def run(args, cfg, inputs, model, ema: bool) -> Dict:
-    names, category_ids, classes_from = model_classes(cfg)
-    if not classes_from.startswith("dataset '"):
+    names, category_ids, classes_from, fallback = model_classes(cfg)
+    if fallback:
         warn(classes_from)
     fmt = cfg.INPUT.FORMAT
     predictor = BatchPredictor(cfg, model)

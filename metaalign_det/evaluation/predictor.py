@@ -7,14 +7,14 @@ Used by ``tools/predict.py``; usable from Python::
     predictor = BatchPredictor(cfg, model)
     instances = predictor([read_image(p, format=cfg.INPUT.FORMAT) for p in paths])
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
-__all__ = ["BatchPredictor", "model_classes", "coco_results"]
+__all__ = ["BatchPredictor", "ModelClasses", "model_classes", "coco_results"]
 
 
 class BatchPredictor:
@@ -48,33 +48,45 @@ class BatchPredictor:
         return [out["instances"].to("cpu") for out in outputs]
 
 
-def model_classes(cfg) -> Tuple[List[str], List[int], str]:
-    """(class names, category ids, where the names come from) for the model's ROI_HEADS.NUM_CLASSES classes.
+class ModelClasses(NamedTuple):
+    """What :func:`model_classes` found: ``names`` and ``ids`` (one per model class), ``source`` (where the
+    names come from, one line) and ``fallback`` (True: no usable metadata, names are ``class_<index>``)."""
+
+    names: List[str]
+    ids: List[int]
+    source: str
+    fallback: bool
+
+
+def model_classes(cfg) -> ModelClasses:
+    """Names and category ids of the model's ROI_HEADS.NUM_CLASSES classes.
 
     Names: the ``thing_classes`` metadata of DATASETS.TEST[0] (else DATASETS.TRAIN[0]); ids: the dataset's own
     ids where its metadata maps them (``thing_dataset_id_to_contiguous_id``, COCO JSON datasets), else
     index + 1 (the COCO convention: ids start at 1). Without metadata, or with a class count that differs from
-    the model's, the names are ``class_<index>`` and the third entry says why.
+    the model's, the names are ``class_<index>`` and ``source`` says why.
     """
     num = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    fallback = [f"class_{i}" for i in range(num)], list(range(1, num + 1))
-    if not names:
-        return (*fallback, "no dataset in DATASETS.TEST / TRAIN: classes named class_<index>")
-    name = names[0]
+    datasets = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+    generic, plain_ids = [f"class_{i}" for i in range(num)], list(range(1, num + 1))
+    if not datasets:
+        return ModelClasses(generic, plain_ids, "no dataset in DATASETS.TEST / TRAIN: classes named class_<index>",
+                            True)
+    name = datasets[0]
     meta = MetadataCatalog.get(name)
     classes = meta.get("thing_classes", None)
     if not classes:
-        return (*fallback, f"dataset '{name}' has no thing_classes metadata: classes named class_<index>")
+        return ModelClasses(generic, plain_ids,
+                            f"dataset '{name}' has no thing_classes metadata: classes named class_<index>", True)
     if len(classes) != num:
-        return (*fallback, f"dataset '{name}' has {len(classes)} classes but the model predicts {num} "
-                           f"(MODEL.ROI_HEADS.NUM_CLASSES): classes named class_<index>")
+        return ModelClasses(generic, plain_ids, f"dataset '{name}' has {len(classes)} classes but the model "
+                            f"predicts {num} (MODEL.ROI_HEADS.NUM_CLASSES): classes named class_<index>", True)
     to_contiguous = meta.get("thing_dataset_id_to_contiguous_id", None)
-    ids = list(range(1, num + 1))
+    ids = plain_ids
     if to_contiguous and sorted(to_contiguous.values()) == list(range(num)):
         by_index = {v: k for k, v in to_contiguous.items()}
         ids = [int(by_index[i]) for i in range(num)]
-    return list(classes), ids, f"dataset '{name}'"
+    return ModelClasses(list(classes), ids, f"thing_classes of dataset '{name}'", False)
 
 
 def coco_results(instances, image_id: int, category_ids: Sequence[int]) -> List[Dict]:

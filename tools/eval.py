@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import _toolstart  # noqa: E402  (stdlib only: the start-up line, library notices kept off the console)
 
-_toolstart.begin("eval")
+_toolstart.begin("eval.py")
 
 # isort: split
 import metaalign_det  # noqa: E402,F401  (compat first; registers the project's models and datasets)

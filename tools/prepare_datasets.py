@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _toolstart  # noqa: E402  (stdlib only: the start-up line, library notices kept off the console)
 
-_toolstart.begin("prepare_datasets")
+_toolstart.begin("prepare_datasets.py")
 
 # isort: split
 import metaalign_det  # noqa: E402,F401  (compat before detectron2)

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import _toolstart  # noqa: E402  (stdlib only: the start-up line, library notices kept off the console)
 
-_toolstart.begin("train_net")
+_toolstart.begin("train_net.py")
 
 # isort: split
 import metaalign_det  # noqa: E402  (applies compat before detectron2 is imported)

@@ -6,6 +6,7 @@ Public API:
     format_ap_table, ap_table_title, ap_key, protocol_text -- the printed table / protocol text
     pycocotools_ap                       -- pycocotools on the same tensors (AP@[.5:.95], cross-check)
     check_weights_fit, load_checked_weights, WeightsMismatchError -- does a checkpoint fit a model?
+    BatchPredictor, model_classes, coco_results -- detection on arbitrary images (tools/predict.py)
 """
 from .. import compat
 
@@ -14,6 +15,7 @@ compat.apply()  # before any detectron2 import; without detectron2: ImportError 
 from .ap import METRICS, APResult, compute_ap
 from .coco_reference import pycocotools_ap
 from .evaluator import DetectionAPEvaluator, build_evaluator, unlabelled_reason
+from .predictor import BatchPredictor, coco_results, model_classes
 from .table import ap_key, ap_table_title, format_ap_table, protocol_text
 from .weights import EvalWeights, WeightsMismatchError, check_weights_fit, load_checked_weights, load_eval_weights
 
@@ -34,4 +36,7 @@ __all__ = [
     "load_eval_weights",
     "unlabelled_reason",
     "EvalWeights",
+    "BatchPredictor",
+    "model_classes",
+    "coco_results",
 ]

@@ -81,7 +81,7 @@ def test_user_pair_trains_with_exif_target_and_degenerate_boxes(user_pair, tmp_p
     assert "1 box(es) without 1 px of width and height inside the image dropped" in box_lines[0]
     assert "s0.png" in box_lines[0]  # image id 1
     # a clean console: the start-up line first, no library notices (they are in log.txt)
-    assert proc.stderr.splitlines()[0] == "train_net: loading torch and detectron2 ..."
+    assert proc.stderr.splitlines()[0] == "train_net.py: loading torch and detectron2 ..."
     for notice in ("FutureWarning", "torch.jit.script", "torch.meshgrid", "warnings.warn("):
         assert notice not in console, notice
     log = (out / "log.txt").read_text()

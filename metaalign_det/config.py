@@ -9,7 +9,14 @@ compat.apply()  # before any detectron2 import; without detectron2: ImportError 
 
 from detectron2.config import CfgNode as CN  # noqa: E402
 
-__all__ = ["add_metaalign_config"]
+__all__ = ["add_metaalign_config", "alignment_heads_enabled"]
+
+
+def alignment_heads_enabled(cfg) -> bool:
+    """True when any domain discriminator is on (DA-Faster's image / instance heads or SWDA's local / global
+    heads): the model then needs a target batch and returns alignment losses."""
+    da, sw = cfg.MODEL.DA_HEADS, cfg.MODEL.SWDA
+    return bool(da.IMG_ENABLED or da.INS_ENABLED or sw.LOCAL_ENABLED or sw.GLOBAL_ENABLED)
 
 
 def add_metaalign_config(cfg):

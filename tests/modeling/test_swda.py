@@ -7,6 +7,9 @@ The references below are written independently, in plain torch, the way the offi
 (softmax, ``-(1 - p)**gamma * log p``, mean) weighted 0.5 per domain, and the context concatenation
 ``cat(global, cat(local, pooled_feat))`` tiled over the ROIs.
 """
+import glob
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -291,3 +294,25 @@ def test_first_order_fast_step_moves_only_the_meta_params_of_the_swda_config():
     # every parameter, fast or not, still gets a gradient (the detection loss reaches the stem and the RPN)
     assert float(grads["backbone.bottom_up.stem.conv1.weight"].abs().sum()) > 0
     assert any(float(grads[n].abs().sum()) > 0 for n in grads if n.startswith("proposal_generator."))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(f"{ROOT}/configs/*/metaalign_swda_*.yaml")),
+                         ids=lambda p: os.path.relpath(p, ROOT))
+def test_meta_params_of_every_metaalign_swda_config_are_the_official_fast_layers(path):
+    """Each pattern matches a trainable parameter (select_params raises otherwise); the fast set holds both
+    discriminators and the box predictor, and no stem, norm or RPN parameter."""
+    cfg = setup_cfg(path, ["MODEL.DEVICE", "meta"])
+    assert (cfg.META.MODE, cfg.META.DIRECTION, cfg.META.INNER_LR_SCALE) == ("first_order", "alternate", 10.0)
+    assert cfg.MODEL.SWDA.LOCAL_CONTEXT and cfg.MODEL.SWDA.GLOBAL_CONTEXT
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS, cfg.MODEL.VGG.WEIGHTS = "", ""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    fast = set(select_params(named, cfg.META.PARAMS))
+    for prefix in ("roi_heads.box_predictor.", "da_local_head.", "da_global_head."):
+        assert any(n.startswith(prefix) for n in fast), prefix
+    assert not [n for n in fast if n.startswith("proposal_generator.") or ".stem." in n or ".norm." in n]
+    assert any(n.startswith("backbone.") for n in fast)
+    slow = {n for n, _ in named} - fast
+    assert all(n.startswith(("proposal_generator.", "backbone.")) for n in slow), sorted(slow)[:5]

@@ -26,6 +26,7 @@ from .losses import (
 from .meta_arch import (
     ALIGN_LOSS_KEYS,
     ALIGN_LOSS_PREFIX,
+    SWDA_LOSS_KEYS,
     DomainAdaptiveRCNN,
     roi_box_feature_dim,
     roi_box_features,
@@ -48,6 +49,7 @@ __all__ = [
     "SOURCE_LABEL",
     "SWDA_CONTEXT_DIM",
     "SWDA_CONTEXT_KEY",
+    "SWDA_LOSS_KEYS",
     "SWDAGlobalHead",
     "SWDALocalHead",
     "TARGET_LABEL",

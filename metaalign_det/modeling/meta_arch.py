@@ -63,13 +63,16 @@ __all__ = [
     "ALIGN_LOSS_KEYS",
     "ALIGN_LOSS_PREFIX",
     "DA_HEAD_ATTRS",
+    "SWDA_LOSS_KEYS",
     "split_losses",
     "strip_da_heads",
     "roi_box_feature_dim",
     "roi_box_features",
 ]
 
-ALIGN_LOSS_KEYS = ("loss_da_img", "loss_da_ins", "loss_da_cst", "loss_da_local", "loss_da_global")
+ALIGN_LOSS_KEYS = ("loss_da_img", "loss_da_ins", "loss_da_cst")
+# SWDA's alignment losses (MODEL.SWDA.*): in the same "loss_da_" group
+SWDA_LOSS_KEYS = ("loss_da_local", "loss_da_global")
 # every alignment loss (builtin or added by a subclass) starts with this; everything else is detection
 ALIGN_LOSS_PREFIX = "loss_da_"
 # attribute names of the discriminator heads: their state-dict keys start with "<attr>."
@@ -79,8 +82,9 @@ DA_HEAD_ATTRS = ("da_img_head", "da_ins_head", "da_local_head", "da_global_head"
 def split_losses(loss_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """Partition a loss dict into ``(detection_losses, alignment_losses)``.
 
-    Alignment losses are the keys starting with ``"loss_da_"`` (:data:`ALIGN_LOSS_KEYS`); every other key
-    is a detection loss. Values are passed through untouched (no copies, graphs kept).
+    Alignment losses are the keys starting with ``"loss_da_"`` (:data:`ALIGN_LOSS_KEYS`,
+    :data:`SWDA_LOSS_KEYS`); every other key is a detection loss. Values are passed through untouched (no
+    copies, graphs kept).
     """
     det, align = {}, {}
     for k, v in loss_dict.items():

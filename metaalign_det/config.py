@@ -9,7 +9,14 @@ compat.apply()  # before any detectron2 import; without detectron2: ImportError 
 
 from detectron2.config import CfgNode as CN  # noqa: E402
 
-__all__ = ["add_metaalign_config"]
+__all__ = ["add_metaalign_config", "alignment_heads_enabled"]
+
+
+def alignment_heads_enabled(cfg) -> bool:
+    """True when any domain discriminator is on (DA-Faster's image / instance heads or SWDA's local / global
+    heads): the model then needs a target batch and returns alignment losses."""
+    da, sw = cfg.MODEL.DA_HEADS, cfg.MODEL.SWDA
+    return bool(da.IMG_ENABLED or da.INS_ENABLED or sw.LOCAL_ENABLED or sw.GLOBAL_ENABLED)
 
 
 def add_metaalign_config(cfg):
@@ -68,13 +75,48 @@ def add_metaalign_config(cfg):
     # Weight of the image/instance consistency loss loss_da_cst (DA-Faster: 0.1; 0 = off).
     _C.MODEL.DA_HEADS.CST_WEIGHT = 0.0
 
+    # ---- Strong-Weak alignment (SWDA, Saito et al. 2019; docs/model.md "SWDA") --------------------------
+    _C.MODEL.SWDA = CN()
+    # Local ("strong") discriminator: 1x1 convs in->256->128->1, sigmoid, least-squares loss -> loss_da_local.
+    _C.MODEL.SWDA.LOCAL_ENABLED = False
+    # Backbone output it reads, the stride-4 map (SWDA: ResNet layer1 = "res2", add it to RESNETS.OUT_FEATURES
+    # for C4; FPN: "p2"; VGG16: "vgg_conv3_2", SWDA's split after relu3_2).
+    _C.MODEL.SWDA.LOCAL_IN_FEATURE = "res2"
+    # Name in DA_HEAD_REGISTRY of the local head.
+    _C.MODEL.SWDA.LOCAL_HEAD_NAME = "SWDALocalHead"
+    # Gradient-reversal weight lambda in front of the local head (SWDA: 1.0).
+    _C.MODEL.SWDA.LOCAL_GRL_WEIGHT = 1.0
+    # Weight of loss_da_local (SWDA: 1; its eta 0.1 for Sim10k).
+    _C.MODEL.SWDA.LOCAL_LOSS_WEIGHT = 1.0
+    # Std of the zero-mean normal init of the local head's convs (SWDA: 0.01).
+    _C.MODEL.SWDA.LOCAL_INIT_STD = 0.01
+    # Append the local head's 128-d context vector to every ROI's box feature (SWDA --lc: on).
+    _C.MODEL.SWDA.LOCAL_CONTEXT = False
+    # Global ("weak") discriminator: 3 x (3x3 stride-2 conv, BN, ReLU, dropout), pool, FC 128->2, focal loss.
+    _C.MODEL.SWDA.GLOBAL_ENABLED = False
+    # Backbone output it reads, the stride-16 map (SWDA: ResNet layer3 = "res4"; FPN: "p4"; VGG16: "vgg_conv5").
+    _C.MODEL.SWDA.GLOBAL_IN_FEATURE = "res4"
+    # Name in DA_HEAD_REGISTRY of the global head.
+    _C.MODEL.SWDA.GLOBAL_HEAD_NAME = "SWDAGlobalHead"
+    # Gradient-reversal weight lambda in front of the global head (SWDA: 1.0).
+    _C.MODEL.SWDA.GLOBAL_GRL_WEIGHT = 1.0
+    # Weight of loss_da_global (SWDA: 1; its eta 0.1 for Sim10k).
+    _C.MODEL.SWDA.GLOBAL_LOSS_WEIGHT = 1.0
+    # Gamma of the global head's softmax focal loss (SWDA: 5).
+    _C.MODEL.SWDA.GLOBAL_FOCAL_GAMMA = 5.0
+    # Dropout after each conv block of the global head (SWDA: 0.5).
+    _C.MODEL.SWDA.GLOBAL_DROPOUT = 0.5
+    # Append the global head's 128-d context vector to every ROI's box feature (SWDA --gc: on).
+    _C.MODEL.SWDA.GLOBAL_CONTEXT = False
+
     # ---- VGG16 backbone (the DA literature's standard) --------------------------------------------
     _C.MODEL.VGG = CN()
     # Local file with torchvision-layout VGG16 weights ("features.N.weight", ...); "" = random init.
     _C.MODEL.VGG.WEIGHTS = ""
     # Number of leading conv blocks (1..5) kept frozen, as DA-Faster freezes conv1-conv2 (2); 0 = none.
     _C.MODEL.VGG.FREEZE_BLOCKS = 2
-    # Output feature names: "vgg_conv4" (stride 8) and/or "vgg_conv5" (stride 16, no last max-pool).
+    # Output feature names: "vgg_conv5" (stride 16, no last max-pool) and any of "vgg_conv3_2" (relu3_2, stride 4,
+    # 256 ch: SWDA's local map), "vgg_conv3" (relu3_3), "vgg_conv4" (stride 8).
     _C.MODEL.VGG.OUT_FEATURES = ["vgg_conv5"]
 
     # ---- MetaAlign step ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from torch.utils.data import Sampler
 
+from ..config import alignment_heads_enabled
 from .mapper import SafeImageMapper
 
 __all__ = [
@@ -293,11 +294,11 @@ def build_paired_train_loader(
             geometric transform, data/augmentation.py); default ``mapper``.
     """
     check_dataset_names("DATASETS.TRAIN", cfg.DATASETS.TRAIN)
-    da_on = cfg.MODEL.DA_HEADS.IMG_ENABLED or cfg.MODEL.DA_HEADS.INS_ENABLED
-    if da_on and not cfg.DATASETS.TRAIN_TARGET:
+    if alignment_heads_enabled(cfg) and not cfg.DATASETS.TRAIN_TARGET:
         raise ValueError(
             "DATASETS.TRAIN_TARGET is empty but MODEL.DA_HEADS is enabled: name the unlabelled target "
-            "dataset(s), or set MODEL.DA_HEADS.IMG_ENABLED/INS_ENABLED False for source-only training"
+            "dataset(s), or set MODEL.DA_HEADS.IMG_ENABLED/INS_ENABLED (and MODEL.SWDA.LOCAL_ENABLED/"
+            "GLOBAL_ENABLED) False for source-only training"
         )
     if cfg.DATASETS.TRAIN_TARGET:
         check_dataset_names("DATASETS.TRAIN_TARGET", cfg.DATASETS.TRAIN_TARGET)

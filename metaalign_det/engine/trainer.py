@@ -22,6 +22,7 @@ from detectron2.utils.events import CommonMetricPrinter, EventWriter
 from detectron2.utils.logger import setup_logger
 
 from .. import compat
+from ..config import alignment_heads_enabled
 from ..data.augmentation import build_target_view_mapper
 from ..data.paired_loader import PairedDataLoader, build_paired_train_loader, check_dataset_names
 from ..evaluation import DetectionAPEvaluator, build_evaluator, unlabelled_reason
@@ -64,16 +65,16 @@ def build_step_trainer(
 
 def check_step_config(cfg: CfgNode) -> None:
     """Config combinations that cannot work, each as one clear error."""
-    da = cfg.MODEL.DA_HEADS
-    if cfg.META.MODE != "none" and not (da.IMG_ENABLED or da.INS_ENABLED):
+    da_on = alignment_heads_enabled(cfg)
+    if cfg.META.MODE != "none" and not da_on:
         raise ValueError(
             f"META.MODE={cfg.META.MODE!r} needs an alignment loss: enable MODEL.DA_HEADS.IMG_ENABLED "
-            f"and/or INS_ENABLED"
+            f"and/or INS_ENABLED (or MODEL.SWDA.LOCAL_ENABLED / GLOBAL_ENABLED)"
         )
-    if (da.IMG_ENABLED or da.INS_ENABLED) and cfg.MODEL.META_ARCHITECTURE != "DomainAdaptiveRCNN":
+    if da_on and cfg.MODEL.META_ARCHITECTURE != "DomainAdaptiveRCNN":
         raise ValueError(
-            f"MODEL.DA_HEADS is enabled but MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: "
-            f"set it to 'DomainAdaptiveRCNN'"
+            f"MODEL.DA_HEADS / MODEL.SWDA is enabled but MODEL.META_ARCHITECTURE is "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}: set it to 'DomainAdaptiveRCNN'"
         )
     check_teacher_config(cfg)  # MODEL.EMA / TEACHER / INPUT.STRONG_AUG
 

@@ -17,6 +17,8 @@ __all__ = [
     "TARGET_LABEL",
     "domain_bce",
     "domain_focal",
+    "domain_softmax_focal",
+    "domain_least_squares",
     "consistency_loss",
 ]
 
@@ -73,6 +75,46 @@ def domain_focal(logits: torch.Tensor, domain: int, gamma: float = 5.0) -> torch
     log_pt = F.logsigmoid(logits if y == 1.0 else -logits)
     pt = log_pt.exp()
     return (-((1.0 - pt) ** gamma) * log_pt).mean()
+
+
+def domain_softmax_focal(logits: torch.Tensor, domain: int, gamma: float = 5.0) -> torch.Tensor:
+    """SWDA's softmax focal loss of a two-way domain classifier, mean over the rows.
+
+    ``-(1 - p)**gamma * log p`` with ``p = softmax(logits)[:, domain]`` (column 0 = source, 1 = target, as
+    SWDA's ``FocalLoss(class_num=2, gamma=5)`` with labels 0 / 1). A 2-way softmax is the sigmoid of the logit
+    difference, so this is :func:`domain_focal` of ``logits[:, 1] - logits[:, 0]`` (computed that way, in log
+    space, for stability).
+
+    Args:
+        logits: (N, 2) per-image logits of the global discriminator.
+        domain: 0 (source) or 1 (target).
+        gamma: focusing exponent >= 0 (SWDA: 5).
+
+    Returns:
+        scalar tensor (nats).
+    """
+    if logits.dim() != 2 or logits.shape[1] != 2:
+        raise ValueError(f"domain_softmax_focal expects (N, 2) logits, got shape {tuple(logits.shape)}")
+    return domain_focal(logits[:, 1] - logits[:, 0], domain, gamma)
+
+
+def domain_least_squares(probs: torch.Tensor, domain: int) -> torch.Tensor:
+    """Least-squares domain loss of probabilities (SWDA's local discriminator), mean over all elements.
+
+    ``mean((D - y)**2)`` with ``y`` the domain label: ``mean(D**2)`` for source (0), ``mean((1 - D)**2)`` for
+    target (1). SWDA weights each domain's term by 0.5 (the caller applies it).
+
+    Args:
+        probs: any shape, e.g. (N, 1, H, W); sigmoid outputs in [0, 1] (P(target) per location).
+        domain: 0 (source) or 1 (target).
+
+    Returns:
+        scalar tensor (squared probability units, in [0, 1]).
+    """
+    y = _check_domain(domain)
+    if probs.numel() == 0:
+        return probs.sum() * 0.0
+    return ((probs - y) ** 2).mean()
 
 
 def consistency_loss(

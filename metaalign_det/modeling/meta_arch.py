@@ -6,6 +6,8 @@ Training with a target batch returns ONE dict of scalar losses::
     loss_da_img    IMG_LOSS_WEIGHT * 1/2 (L_img(source, 0) + L_img(target, 1))    if IMG_ENABLED
     loss_da_ins    INS_LOSS_WEIGHT * 1/2 (L_ins(source ROIs, 0) + L_ins(target proposals, 1))  if INS_ENABLED
     loss_da_cst    CST_WEIGHT      * 1/2 (L_cst(source) + L_cst(target))           if CST_WEIGHT > 0
+    loss_da_local  SWDA.LOCAL_LOSS_WEIGHT  * 1/2 (mean(D_s^2) + mean((1 - D_t)^2))    if SWDA.LOCAL_ENABLED
+    loss_da_global SWDA.GLOBAL_LOSS_WEIGHT * 1/2 (FL_5(source, 0) + FL_5(target, 1))  if SWDA.GLOBAL_ENABLED
 
 (source = 0, target = 1). Averaging the two domains with equal weight keeps a batch-size difference
 between source and target from tilting the discriminator; with equal batches it equals DA-Faster's
@@ -23,6 +25,12 @@ How the features are obtained without copying detectron2's forward:
   pooler, res5 and spatial mean (Res5ROIHeads): the same features the box predictor sees.
   Target annotations are never read.
 
+SWDA's context vectors (``MODEL.SWDA.LOCAL_CONTEXT`` / ``GLOBAL_CONTEXT``): a forward hook on the backbone
+adds, to the backbone's output dict of every source / inference pass, the per-image context
+``cat([global context, local context])`` (N, 128 per context; the discriminators on detached features) under
+``SWDA_CONTEXT_KEY``; the context ROI heads (:mod:`.context_roi_heads`) append it to each ROI's box feature.
+The target pass of the alignment losses skips it (nothing there reads it).
+
 Nothing is cached across calls and no parameter is touched in place, so the model composes with
 ``torch.func.functional_call`` (the MetaAlign step evaluates it at substituted parameters).
 """
@@ -37,14 +45,25 @@ from detectron2.modeling.roi_heads import Res5ROIHeads, StandardROIHeads
 from detectron2.structures import Boxes
 from torch import nn
 
+from .context_roi_heads import SWDA_CONTEXT_KEY
 from .discriminators import build_img_da_head, build_ins_da_head, select_feature_shapes
-from .losses import SOURCE_LABEL, TARGET_LABEL, consistency_loss, domain_bce, domain_focal
+from .losses import (
+    SOURCE_LABEL,
+    TARGET_LABEL,
+    consistency_loss,
+    domain_bce,
+    domain_focal,
+    domain_least_squares,
+    domain_softmax_focal,
+)
+from .swda_heads import build_swda_global_head, build_swda_local_head
 
 __all__ = [
     "DomainAdaptiveRCNN",
     "ALIGN_LOSS_KEYS",
     "ALIGN_LOSS_PREFIX",
     "DA_HEAD_ATTRS",
+    "SWDA_LOSS_KEYS",
     "split_losses",
     "strip_da_heads",
     "roi_box_feature_dim",
@@ -52,17 +71,20 @@ __all__ = [
 ]
 
 ALIGN_LOSS_KEYS = ("loss_da_img", "loss_da_ins", "loss_da_cst")
+# SWDA's alignment losses (MODEL.SWDA.*): in the same "loss_da_" group
+SWDA_LOSS_KEYS = ("loss_da_local", "loss_da_global")
 # every alignment loss (builtin or added by a subclass) starts with this; everything else is detection
 ALIGN_LOSS_PREFIX = "loss_da_"
 # attribute names of the discriminator heads: their state-dict keys start with "<attr>."
-DA_HEAD_ATTRS = ("da_img_head", "da_ins_head")
+DA_HEAD_ATTRS = ("da_img_head", "da_ins_head", "da_local_head", "da_global_head")
 
 
 def split_losses(loss_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """Partition a loss dict into ``(detection_losses, alignment_losses)``.
 
-    Alignment losses are the keys starting with ``"loss_da_"`` (:data:`ALIGN_LOSS_KEYS`); every other key
-    is a detection loss. Values are passed through untouched (no copies, graphs kept).
+    Alignment losses are the keys starting with ``"loss_da_"`` (:data:`ALIGN_LOSS_KEYS`,
+    :data:`SWDA_LOSS_KEYS`); every other key is a detection loss. Values are passed through untouched (no
+    copies, graphs kept).
     """
     det, align = {}, {}
     for k, v in loss_dict.items():
@@ -74,7 +96,8 @@ def strip_da_heads(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, 
     """A copy of ``state_dict`` without the discriminator heads, for deployment.
 
     The result loads with ``strict=True`` into a plain ``GeneralizedRCNN`` built from the same config with
-    the DA heads off; it gives the same detections (the heads are not used at inference). Keys may carry
+    the DA heads off; it gives the same detections (the heads are not used at inference -- except with SWDA's
+    context vectors on: then the SWDA heads are part of the detector, so do not strip that model). Keys may carry
     DDP's ``module.`` prefix. A detectron2 checkpoint is ``{"model": state_dict, ...}``: pass
     ``ckpt["model"]``.
     """
@@ -109,7 +132,9 @@ def roi_box_feature_dim(roi_heads: nn.Module) -> int:
     kind = _roi_heads_kind(roi_heads)
     cls_score = getattr(roi_heads.box_predictor, "cls_score", None)
     if isinstance(cls_score, nn.Linear):  # FastRCNNOutputLayers and look-alikes
-        return cls_score.in_features
+        # context ROI heads widen the predictor's input by the SWDA context; the box feature is the rest
+        feeder = getattr(roi_heads, "context_feeder", None)
+        return cls_score.in_features - (feeder.context_dim if feeder is not None else 0)
     if kind == "standard":
         shape = roi_heads.box_head.output_shape
         return shape.channels * (shape.height or 1) * (shape.width or 1)
@@ -242,6 +267,15 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
         ins_loss_weight: float = 1.0,
         ins_target_proposals: int = 128,
         cst_weight: float = 0.0,
+        local_da_head: Optional[nn.Module] = None,
+        local_in_feature: str = "res2",
+        local_loss_weight: float = 1.0,
+        local_context: bool = False,
+        global_da_head: Optional[nn.Module] = None,
+        global_in_feature: str = "res4",
+        global_loss_weight: float = 1.0,
+        global_focal_gamma: float = 5.0,
+        global_context: bool = False,
         **kwargs,
     ):
         """
@@ -254,6 +288,11 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
                 (``cst_weight`` 0 = no consistency loss; > 0 needs both heads).
             ins_da_head: instance-level discriminator (None = off); (R, D) -> (R, 1).
             ins_target_proposals: top-N RPN proposals per target image fed to it.
+            local_da_head / global_da_head: SWDA's local (strong) / global (weak) discriminator (None = off),
+                reading the backbone outputs ``local_in_feature`` / ``global_in_feature``; their losses are
+                weighted by ``local_loss_weight`` / ``global_loss_weight``; ``global_focal_gamma``: the focal
+                exponent. ``local_context`` / ``global_context``: feed that head's context vector to the
+                box predictor (needs that head and context ROI heads).
             kwargs: GeneralizedRCNN's arguments (backbone, proposal_generator, roi_heads, pixel_mean, ...).
         """
         super().__init__(**kwargs)
@@ -278,6 +317,8 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
                 )
         self.da_img_head = img_da_head
         self.da_ins_head = ins_da_head
+        self._init_swda(local_da_head, local_in_feature, local_loss_weight, local_context,
+                        global_da_head, global_in_feature, global_loss_weight, global_focal_gamma, global_context)
         self.img_loss = img_loss
         self.img_focal_gamma = float(img_focal_gamma)
         self.img_loss_weight = float(img_loss_weight)
@@ -289,14 +330,18 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
         # hooks are registered once here (not per forward) so they compose with functional_call,
         # deepcopy and DDP; they record only inside _ForwardRecorder.recording()
         self._recorder = _ForwardRecorder()
-        if img_da_head is not None:
+        if img_da_head is not None or self.da_local_head is not None or self.da_global_head is not None:
             self.backbone.register_forward_hook(self._recorder.backbone_output)
         if ins_da_head is not None:
             pooler = self.roi_heads.box_pooler if self._roi_kind == "standard" else self.roi_heads.pooler
             pooler.register_forward_pre_hook(self._recorder.pooler_input, with_kwargs=True)
+            # prepend: record the box feature before a context ROI head appends the SWDA context to it
             self.roi_heads.box_predictor.register_forward_pre_hook(
-                self._recorder.box_predictor_input, with_kwargs=True
+                self._recorder.box_predictor_input, with_kwargs=True, prepend=True
             )
+        self._context_enabled = True  # switched off only around the target pass (nothing reads it there)
+        if self.local_context or self.global_context:
+            self.backbone.register_forward_hook(self._add_swda_context)
 
     @classmethod
     def from_config(cls, cfg):
@@ -309,6 +354,20 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
             ret["img_da_head"] = build_img_da_head(cfg, shapes)
         if da.INS_ENABLED:
             ret["ins_da_head"] = build_ins_da_head(cfg, roi_box_feature_dim(ret["roi_heads"]))
+        sw = cfg.MODEL.SWDA
+        if sw.LOCAL_ENABLED:
+            ret["local_da_head"] = build_swda_local_head(cfg, ret["backbone"].output_shape())
+        if sw.GLOBAL_ENABLED:
+            ret["global_da_head"] = build_swda_global_head(cfg, ret["backbone"].output_shape())
+        ret.update(
+            local_in_feature=sw.LOCAL_IN_FEATURE,
+            local_loss_weight=sw.LOCAL_LOSS_WEIGHT,
+            local_context=sw.LOCAL_CONTEXT,
+            global_in_feature=sw.GLOBAL_IN_FEATURE,
+            global_loss_weight=sw.GLOBAL_LOSS_WEIGHT,
+            global_focal_gamma=sw.GLOBAL_FOCAL_GAMMA,
+            global_context=sw.GLOBAL_CONTEXT,
+        )
         ret.update(
             img_in_features=list(da.IMG_IN_FEATURES),
             img_loss=da.IMG_LOSS,
@@ -328,7 +387,58 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
     @property
     def alignment_enabled(self) -> bool:
         """True when at least one discriminator head exists (a target batch then adds loss_da_*)."""
-        return self.da_img_head is not None or self.da_ins_head is not None
+        return any(h is not None for h in (self.da_img_head, self.da_ins_head, self.da_local_head,
+                                           self.da_global_head))
+
+    # ---- SWDA -----------------------------------------------------------------------------------------
+    def _init_swda(self, local_head, local_in, local_weight, local_context,
+                   global_head, global_in, global_weight, global_gamma, global_context) -> None:
+        shapes = self.backbone.output_shape()
+        if local_head is not None:
+            select_feature_shapes([local_in], shapes, key="MODEL.SWDA.LOCAL_IN_FEATURE")
+        if global_head is not None:
+            select_feature_shapes([global_in], shapes, key="MODEL.SWDA.GLOBAL_IN_FEATURE")
+        for on, head, key in ((local_context, local_head, "LOCAL"), (global_context, global_head, "GLOBAL")):
+            if on and head is None:
+                raise ValueError(f"MODEL.SWDA.{key}_CONTEXT needs MODEL.SWDA.{key}_ENABLED: the context vector "
+                                 "comes from that discriminator")
+        self.da_local_head = local_head
+        self.da_global_head = global_head
+        self.local_in_feature, self.global_in_feature = local_in, global_in
+        self.local_loss_weight, self.global_loss_weight = float(local_weight), float(global_weight)
+        self.global_focal_gamma = float(global_gamma)
+        self.local_context, self.global_context = bool(local_context), bool(global_context)
+        want = sum(getattr(h, "context_dim", 0) for on, h in ((local_context, local_head),
+                                                              (global_context, global_head)) if on)
+        feeder = getattr(self.roi_heads, "context_feeder", None)
+        have = feeder.context_dim if feeder is not None else 0
+        if want != have:
+            raise ValueError(
+                f"the SWDA context is {want} wide (MODEL.SWDA.LOCAL_CONTEXT / GLOBAL_CONTEXT) but the ROI heads "
+                f"{type(self.roi_heads).__name__} (MODEL.ROI_HEADS.NAME) take {have}: with a context use "
+                "ContextStandardROIHeads (FPN, VGG16) or ContextRes5ROIHeads (C4), without one the plain heads"
+            )
+
+    def _add_swda_context(self, module, inputs, features):
+        """Backbone forward hook: the per-image SWDA context, ``cat([global, local])`` (N, 128 each), added
+        to the output dict under SWDA_CONTEXT_KEY (SWDA's order in front of the box feature)."""
+        if not self._context_enabled:
+            return None
+        parts = []
+        if self.global_context:
+            parts.append(self.da_global_head.context(features[self.global_in_feature]))
+        if self.local_context:
+            parts.append(self.da_local_head.context(features[self.local_in_feature]))
+        return {**features, SWDA_CONTEXT_KEY: torch.cat(parts, dim=1)}
+
+    @contextlib.contextmanager
+    def _without_context(self):
+        was = self._context_enabled
+        self._context_enabled = False
+        try:
+            yield
+        finally:
+            self._context_enabled = was
 
     # ---- forward --------------------------------------------------------------------------------------
     def forward(
@@ -362,7 +472,8 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
     def _target_features(self, target_inputs: List[Dict[str, torch.Tensor]]) -> dict:
         """Backbone features (and, for the instance head, top-N proposal box features) of the target batch."""
         images = self.preprocess_image(target_inputs)  # reads only x["image"]
-        features = self.backbone(images.tensor)
+        with self._without_context():
+            features = self.backbone(images.tensor)
         out = {"features": features}
         if self.da_ins_head is not None:
             # proposals are detached by the RPN anyway; no_grad also drops the target RPN head's graph
@@ -406,6 +517,22 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
                 per_domain.append(domain_bce(logits, label))
                 metrics[f"ins_acc_{names[label]}"] = _domain_accuracy([logits], label)
             losses["loss_da_ins"] = self.ins_loss_weight * 0.5 * (per_domain[0] + per_domain[1])
+        if self.da_local_head is not None:
+            per_domain = []
+            for feats, label in domains:
+                probs = self.da_local_head(feats["features"][self.local_in_feature])
+                per_domain.append(domain_least_squares(probs, label))
+                metrics[f"local_acc_{names[label]}"] = _domain_accuracy([probs - 0.5], label)
+            # SWDA: 0.5 * mean(D_s^2) + 0.5 * mean((1 - D_t)^2)
+            losses["loss_da_local"] = self.local_loss_weight * 0.5 * (per_domain[0] + per_domain[1])
+        if self.da_global_head is not None:
+            per_domain = []
+            for feats, label in domains:
+                logits = self.da_global_head(feats["features"][self.global_in_feature])
+                per_domain.append(domain_softmax_focal(logits, label, self.global_focal_gamma))
+                metrics[f"global_acc_{names[label]}"] = _domain_accuracy([logits[:, 1] - logits[:, 0]], label)
+            # SWDA: 0.5 * FL(source, 0) + 0.5 * FL(target, 1)
+            losses["loss_da_global"] = self.global_loss_weight * 0.5 * (per_domain[0] + per_domain[1])
         self.last_alignment_metrics = metrics
         if self.cst_weight > 0:
             per_domain = [self._consistency(feats) for feats, _ in domains]

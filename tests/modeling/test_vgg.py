@@ -92,9 +92,24 @@ def test_wrong_layout_file_is_rejected(tmp_path):
         VGG16Backbone(weights=str(path))
 
 
+def test_stride4_outputs_for_swda():
+    """vgg_conv3_2 = relu3_2 (SWDA's features[:14]) and vgg_conv3 = relu3_3: 256 channels at stride 4."""
+    torch.manual_seed(0)
+    net = VGG16Backbone(out_features=["vgg_conv5", "vgg_conv3_2", "vgg_conv3"])
+    assert net.output_shape()["vgg_conv3_2"] == ShapeSpec(channels=256, stride=4)
+    x = torch.randn(1, 3, 32, 48)
+    out = net(x)
+    assert out["vgg_conv3_2"].shape == out["vgg_conv3"].shape == (1, 256, 8, 12)
+    assert out["vgg_conv5"].shape == (1, 512, 2, 3)
+    ref = x
+    for layer in list(net.features)[:14]:
+        ref = layer(ref)
+    torch.testing.assert_close(out["vgg_conv3_2"], ref)
+
+
 def test_bad_config_values():
     with pytest.raises(ValueError, match="OUT_FEATURES"):
-        VGG16Backbone(out_features=["vgg_conv3"])
+        VGG16Backbone(out_features=["vgg_conv6"])
     with pytest.raises(ValueError, match="FREEZE_BLOCKS"):
         VGG16Backbone(freeze_blocks=6)
     # builds from a ShapeSpec too (the BACKBONE_REGISTRY signature)

@@ -99,6 +99,38 @@ def test_quick_schedules_train(datasets_root, tmp_path, config, opts):
         assert "meta/grad_cos" in keys
 
 
+def test_metaalign_swda_quick_schedule_trains(datasets_root, tmp_path):
+    """SWDA (local + global discriminators, both contexts) inside the official first-order MetaAlign step:
+    the four domain terms are logged as loss_da_local / loss_da_global, and the checkpoint holds both heads."""
+    out = str(tmp_path / "swda")
+    proc = _train_net(datasets_root, "--config-file", os.path.join(QUICK, "metaalign_swda_R18_FPN_synthetic.yaml"),
+                      "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [r for r in _metrics(out) if "loss_cls" in r]
+    assert [r["iteration"] for r in rows] == [0, 1]
+    for r in rows:
+        assert {"loss_da_local", "loss_da_global", "meta/grad_cos", "da/local_acc_source",
+                "da/global_acc_target"} <= set(r)
+        assert "loss_da_img" not in r and "loss_da_ins" not in r
+    assert [r["meta/direction_is_align_first"] for r in rows] == [0.0, 1.0]
+
+
+def test_swda_with_the_instance_head_and_the_mean_teacher_trains(datasets_root, tmp_path):
+    """SWDA combines with DA-Faster's instance head and with the mean teacher (the EMA teacher labels with
+    the context too)."""
+    out = str(tmp_path / "swda_teacher")
+    proc = _train_net(datasets_root, "--config-file", os.path.join(QUICK, "metaalign_swda_R18_FPN_synthetic.yaml"),
+                      "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", out,
+                      "MODEL.DA_HEADS.INS_ENABLED", "True", "MODEL.EMA.ENABLED", "True", "MODEL.EMA.DECAY", "0.9",
+                      "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05", "TEACHER.ENABLED", "True",
+                      "TEACHER.BURN_IN_ITERS", "1", "TEACHER.SCORE_THRESH", "0.3", "INPUT.STRONG_AUG.TARGET", "True",
+                      "TEST.DETECTIONS_PER_IMAGE", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["iteration"]: r for r in _metrics(out) if "loss_cls" in r}
+    for k in ("loss_da_local", "loss_da_global", "loss_da_ins", "loss_pseudo_cls", "meta/grad_cos"):
+        assert k in rows[1], k  # iteration 0 is the burn-in
+
+
 def test_bad_input_is_one_error_line(datasets_root, tmp_path):
     proc = _train_net(datasets_root, "--config-file", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2

@@ -6,12 +6,14 @@ torchvision state dict loads key for key (``classifier.*`` is ignored).
 
 Outputs (``MODEL.VGG.OUT_FEATURES``):
 
-=============  =======  ========  =====================================
-name           stride   channels  layer
-=============  =======  ========  =====================================
-``vgg_conv4``  8        512       relu4_3 (``features.22``), before pool4
-``vgg_conv5``  16       512       relu5_3 (``features.29``)
-=============  =======  ========  =====================================
+=================  =======  ========  =====================================
+name               stride   channels  layer
+=================  =======  ========  =====================================
+``vgg_conv3_2``    4        256       relu3_2 (``features.13``): SWDA's local map (its ``features[:14]``)
+``vgg_conv3``      4        256       relu3_3 (``features.15``), before pool3
+``vgg_conv4``      8        512       relu4_3 (``features.22``), before pool4
+``vgg_conv5``      16       512       relu5_3 (``features.29``)
+=================  =======  ========  =====================================
 
 Input normalisation: torchvision's ImageNet weights expect RGB in [0, 1] normalised by ImageNet
 mean/std. detectron2 feeds 0-255 pixels, so a config using them sets::
@@ -38,6 +40,8 @@ _VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, 
 
 # output name -> (index of its ReLU in `features`, stride, channels, conv block it ends)
 VGG16_OUTPUTS = {
+    "vgg_conv3_2": (13, 4, 256, 3),
+    "vgg_conv3": (15, 4, 256, 3),
     "vgg_conv4": (22, 8, 512, 4),
     "vgg_conv5": (29, 16, 512, 5),
 }
@@ -87,8 +91,8 @@ class VGG16Backbone(Backbone):
     ):
         """
         Args:
-            out_features: any of "vgg_conv4", "vgg_conv5". Layers past the deepest one are not built
-                (unused parameters would break DDP).
+            out_features: any of "vgg_conv3_2", "vgg_conv3", "vgg_conv4", "vgg_conv5". Layers past the
+                deepest one are not built (unused parameters would break DDP).
             freeze_blocks: the first ``freeze_blocks`` conv blocks (0..5) get ``requires_grad=False``.
             weights: path of a torchvision-layout VGG16 state dict (``features.N.weight/bias``) loaded
                 here; "" = random init.

@@ -99,6 +99,17 @@ def test_matches_detectron2_instance_mask_path_up_to_documented_convention(cs_tr
     [min, min, max+1, max+1] and keep them. Everything else (classes, crowd, which instances) is equal."""
     from detectron2.data.datasets.cityscapes import _cityscapes_files_to_dict
 
+    try:  # the reference: detectron2's own loader, whose label table is imported on first use
+        _cityscapes_files_to_dict(("img", "", None, None), from_json=False, to_polygons=False)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "deeplearning":
+            pytest.skip("detectron2 main's cityscapes loader imports Meta's internal 'deeplearning.projects."
+                        "cityscapesApi' (not importable outside Meta): no reference to compare with on this build; "
+                        "the v0.6 lane runs this comparison")
+        raise
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # the labels imported; the empty path itself is not readable
+
     root, scenes = cs_tree
     for split in ("train", "val"):
         for scene in scenes[split]:

@@ -157,7 +157,7 @@ def test_console_shows_the_run_and_log_txt_the_dumps(datasets_root, tmp_path):
                  "(roi_heads): StandardROIHeads("):
         assert dump not in console, dump
     assert "iter: 0  total_loss:" in console and "Model: DomainAdaptiveRCNN, " in console
-    assert len(proc.stdout.splitlines()) < 40, proc.stdout  # was ~580 lines for one iteration
+    assert len(proc.stdout.splitlines()) < 60, proc.stdout  # was ~580 lines for one iteration
     log = (out / "log.txt").read_text()
     for dump in ("Running with full config:", "Environment info:", "(backbone): FPN(", "iter: 0  total_loss:"):
         assert dump in log, dump

@@ -189,6 +189,16 @@ def test_num_gpus_without_cuda_is_one_line_before_launch(datasets_root, tmp_path
     assert not out.exists()  # refused before the config was even read
 
 
+def test_eval_tool_makes_the_same_num_gpus_check(tiny_model_files, tmp_path):
+    config, weights, _ = tiny_model_files
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "eval.py"), "--config-file", config,
+                           "--weights", weights, "--num-gpus", "2", "--device", "cuda"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
+    assert _one_line(proc, prefix="eval.py: error: ") == (
+        "eval.py: error: --num-gpus 2 needs 2 CUDA devices, this machine has no usable CUDA device: use --num-gpus 1")
+
+
 # ---- 5. one run per OUTPUT_DIR -----------------------------------------------------------------------------
 def _write_lock(out, **holder):
     out.mkdir(exist_ok=True)

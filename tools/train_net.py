@@ -103,7 +103,8 @@ def cli(argv=None):
         print(e.args[0] if e.args else "interrupted", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print("interrupted before training started", file=sys.stderr, flush=True)
+        print("interrupted" if args.eval_only else "interrupted before training started", file=sys.stderr,
+              flush=True)
         return 1
     except Exception as e:
         error = reported_error(e)

@@ -97,9 +97,11 @@ class AtomicDetectionCheckpointer(compat.CheckpointerBase):
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info("Saving checkpoint to {}".format(save_file))
         previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        what = f"cannot save checkpoint {save_file}"
         try:
             with atomic_output(save_file) as f:
                 torch.save(data, f)
+            what = f"saved {save_file} but cannot update last_checkpoint"
             self.tag_last_checkpoint(os.path.basename(save_file))
         except (OSError, RuntimeError) as e:
             os_error = _os_error_in(e)
@@ -110,7 +112,7 @@ class AtomicDetectionCheckpointer(compat.CheckpointerBase):
                     "no earlier checkpoint exists")
             hint = ": free some space and resume with --resume" if os_error.errno in (errno.ENOSPC, errno.EDQUOT) \
                 else ""
-            raise CheckpointWriteError(f"cannot save checkpoint {save_file} ({reason}); {kept}{hint}") from e
+            raise CheckpointWriteError(f"{what} ({reason}); {kept}{hint}") from e
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         with atomic_output(os.path.join(self.save_dir, "last_checkpoint")) as f:

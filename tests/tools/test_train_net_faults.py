@@ -159,6 +159,12 @@ def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_pa
         while not (out / "last_checkpoint").exists():
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
             time.sleep(0.2)
+        # a second training into the same folder while this one runs: refused, the running one's files untouched
+        config_before = (out / "config.yaml").read_text()
+        second = _run(datasets_root, out, "SOLVER.MAX_ITER", "2")
+        assert _one_line(second).startswith(f"error: OUTPUT_DIR {out} is in use by another run (pid {proc.pid} on "
+                                            f"host {socket.gethostname()}, running since "), second.stderr[-2000:]
+        assert (out / "config.yaml").read_text() == config_before and proc.poll() is None
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
@@ -171,7 +177,7 @@ def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_pa
     assert line == (f"interrupted at iteration {stopped_at}; the last checkpoint is {out / tag}: resume with "
                     f"--resume"), line
     saved_at = int(tag[len("model_"):-len(".pth")])
-    assert saved_at < stopped_at <= saved_at + 2 + 1  # checkpoints every 2 iterations
+    assert saved_at <= stopped_at <= saved_at + 2  # checkpoints every 2 iterations; the next one was not written
     assert "error:" not in stderr and _leftovers(out) == []
     again = _run(datasets_root, out, "SOLVER.MAX_ITER", str(saved_at + 3), resume=True)
     assert again.returncode == 0, again.stderr[-3000:]

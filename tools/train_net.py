@@ -93,10 +93,11 @@ def cli(argv=None):
     try:
         check_num_gpus(args.num_gpus)
         cfg = build_cfg(args)
-        lock = RunLock(cfg.OUTPUT_DIR)  # one run per OUTPUT_DIR (this process: the main one of a launch)
-        notice = lock.acquire()
-        if notice:
-            print(f"warning: {notice}", file=sys.stderr, flush=True)
+        if args.machine_rank == 0:  # one run per OUTPUT_DIR, held by the process that launches rank 0
+            lock = RunLock(cfg.OUTPUT_DIR)
+            notice = lock.acquire()
+            if notice:
+                print(f"warning: {notice}", file=sys.stderr, flush=True)
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args, cfg))
     except TrainingInterrupted as e:

@@ -48,8 +48,11 @@ def _process_start(pid: int) -> Optional[str]:
 
 def _alive(pid: int, start: Optional[str]) -> bool:
     """Whether ``pid`` runs on this host and is the process that wrote the lock (same start time, if known)."""
-    if pid <= 0 or pid == os.getpid():
-        return False  # our own pid in a lock we did not write: a reused pid (e.g. a restarted container)
+    if pid <= 0:
+        return False
+    if pid == os.getpid():  # this very process (another RunLock here), or an earlier process that had our pid
+        mine = _process_start(pid)  # (a restarted container): only the start time tells them apart
+        return start is not None and start == mine
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

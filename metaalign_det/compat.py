@@ -288,7 +288,10 @@ def checkpoint_read_reason(error: BaseException) -> str:
         if tag in line:
             rest = line.split(tag, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
             return f"torch.load(weights_only=True) refused it: {rest}"[:300]
-    return (lines[0] if lines else "")[:300]
+    first = lines[0] if lines else ""
+    # torch's reader appends a paragraph of advice to its reason ("... central directory. This is an internal
+    # miniz error. If you are seeing this error, ..."): the reason is the first sentence
+    return (first.split(". This is ", 1)[0] if len(first) > 120 else first)[:300]
 
 
 def _checkpointer_class():

@@ -44,6 +44,7 @@ from metaalign_det.cli import (
     register_config_datasets,
     split_config_overrides,
 )
+from metaalign_det.engine.trainer import check_num_gpus
 from metaalign_det.evaluation import (
     METRICS,
     DetectionAPEvaluator,
@@ -87,6 +88,10 @@ def parse_args(argv=None):
 
 def setup(args):
     """Config, registered + checked datasets, and a CPU model with the checked weights loaded."""
+    try:
+        check_num_gpus(args.num_gpus)  # the same check as tools/train_net.py: N CUDA devices for N processes
+    except ValueError as e:
+        raise ToolError(str(e)) from None
     cfg = load_config(args.config_file, args.opts)
     if not os.path.isfile(args.weights):
         raise ToolError(f"--weights {args.weights}: no such file")

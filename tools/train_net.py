@@ -8,7 +8,10 @@
 
 Trailing KEY VALUE pairs override the config. Multi-GPU runs use detectron2's ``launch``.
 Bad input (missing config file, unknown dataset or missing split, a bad key value, a missing weights file, a
-CUDA config on a machine without CUDA) exits with one ``error:`` line, before the first iteration.
+CUDA config or ``--num-gpus N`` on a machine without CUDA, an OUTPUT_DIR that cannot be written or that another
+run holds, an unreadable checkpoint to resume from) exits with status 2 and one ``error:`` line, before the
+first iteration; so does a checkpoint that cannot be saved (disk full) during training. Ctrl-C exits with
+status 1 and one line naming the checkpoint ``--resume`` continues from.
 The console shows the run; the environment, config and model dumps are in OUTPUT_DIR/log.txt.
 """
 import logging
@@ -27,28 +30,47 @@ import metaalign_det  # noqa: E402  (applies compat before detectron2 is importe
 # isort: split
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
-from metaalign_det.cli import setup_cfg  # noqa: E402
+from metaalign_det.cli import register_config_datasets, setup_cfg  # noqa: E402
 from metaalign_det.engine import MetaAlignTrainer  # noqa: E402
 from metaalign_det.engine.checkpoint import AtomicDetectionCheckpointer  # noqa: E402
-from metaalign_det.engine.setup import setup_run  # noqa: E402
-from metaalign_det.engine.trainer import check_device, check_eval_config, check_model_weights  # noqa: E402
-from metaalign_det.evaluation import WeightsMismatchError, load_eval_weights  # noqa: E402
+from metaalign_det.engine.output_dir import check_output_dir  # noqa: E402
+from metaalign_det.engine.run_lock import RunLock  # noqa: E402
+from metaalign_det.engine.setup import reported_error, setup_run  # noqa: E402
+from metaalign_det.engine.trainer import (  # noqa: E402
+    TrainingInterrupted,
+    check_device,
+    check_eval_config,
+    check_model_weights,
+    check_num_gpus,
+)
+from metaalign_det.evaluation import load_eval_weights  # noqa: E402
 
 Trainer = MetaAlignTrainer
 
 
-def setup(args):
-    """cfg from the file + overrides, manifests registered, the device checked; then detectron2's
-    default_setup steps (logging -- dumps to log.txt only --, config.yaml, seed)."""
+def build_cfg(args):
+    """cfg from the file + overrides (manifests registered), checked before anything runs: the device and
+    OUTPUT_DIR (created, and a file can be written into it)."""
     cfg = setup_cfg(args.config_file, args.opts)
     check_device(cfg)
+    check_output_dir(cfg.OUTPUT_DIR)
+    return cfg
+
+
+def setup(args, cfg=None):
+    """``cfg`` (built here if None; a launched worker registers its manifests again); then detectron2's
+    default_setup steps (logging -- dumps to log.txt only --, config.yaml, seed)."""
+    if cfg is None:
+        cfg = build_cfg(args)
+    else:
+        register_config_datasets(cfg)
     setup_run(cfg, args)
     metaalign_det.compat.log_applied()
     return cfg
 
 
-def main(args):
-    cfg = setup(args)
+def main(args, cfg=None):
+    cfg = setup(args, cfg)
     if args.eval_only:
         check_eval_config(cfg)
         model = Trainer.build_model(cfg)
@@ -70,14 +92,36 @@ def main(args):
 
 
 def cli(argv=None):
+    """Exit status: 0 done, 2 one ``error:`` line (bad input, a run that cannot go on), 1 interrupted."""
     args = default_argument_parser().parse_args(argv)
+    lock = None
     try:
+        check_num_gpus(args.num_gpus)
+        cfg = build_cfg(args)
+        if args.machine_rank == 0:  # one run per OUTPUT_DIR, held by the process that launches rank 0
+            lock = RunLock(cfg.OUTPUT_DIR)
+            notice = lock.acquire()
+            if notice:
+                print(f"warning: {notice}", file=sys.stderr, flush=True)
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
-    except (ValueError, KeyError, FileNotFoundError, FloatingPointError, WeightsMismatchError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+               dist_url=args.dist_url, args=(args, cfg))
+    except TrainingInterrupted as e:
+        print(e.args[0] if e.args else "interrupted", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted" if args.eval_only else "interrupted before training started", file=sys.stderr,
+              flush=True)
+        return 1
+    except Exception as e:
+        error = reported_error(e)
+        if error is None:
+            raise  # a bug: its traceback
+        msg = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {' '.join(str(msg).split())}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 

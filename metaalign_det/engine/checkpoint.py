@@ -8,10 +8,12 @@ a complete local temp file copied with ``PathManager.copy_from_local`` (the back
 object stores publish an object only once it is complete).
 """
 import contextlib
+import errno
 import io
 import os
+import re
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, List, Optional
 
 import torch
 from detectron2.utils.file_io import PathManager
@@ -19,7 +21,25 @@ from detectron2.utils.file_io import PathManager
 from .. import compat
 from ..utils.io import FILE_MODE, atomic_open
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_output"]
+__all__ = ["AtomicDetectionCheckpointer", "atomic_output", "CheckpointWriteError", "intact_checkpoints",
+           "unreadable_resume_message"]
+
+
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written (disk full, folder gone, ...): one line naming the file, the reason and
+    the checkpoint that ``last_checkpoint`` still names (untouched: the write was atomic)."""
+
+
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error``: itself, or one in its cause / context chain (``torch.save`` on a full disk
+    raises a RuntimeError "unexpected pos" whose context is the OSError ENOSPC of the failed write)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _is_remote(path: str) -> bool:
@@ -76,10 +96,62 @@ class AtomicDetectionCheckpointer(compat.CheckpointerBase):
         data.update(kwargs)
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info("Saving checkpoint to {}".format(save_file))
-        with atomic_output(save_file) as f:
-            torch.save(data, f)
-        self.tag_last_checkpoint(os.path.basename(save_file))
+        previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        what = f"cannot save checkpoint {save_file}"
+        try:
+            with atomic_output(save_file) as f:
+                torch.save(data, f)
+            what = f"saved {save_file} but cannot update last_checkpoint"
+            self.tag_last_checkpoint(os.path.basename(save_file))
+        except (OSError, RuntimeError) as e:
+            os_error = _os_error_in(e)
+            if os_error is None:
+                raise  # not a failed write: a bug, with its traceback
+            reason = os.strerror(os_error.errno) if os_error.errno else str(os_error)
+            kept = (f"last_checkpoint still names {previous}, which is intact" if previous else
+                    "no earlier checkpoint exists")
+            hint = ": free some space and resume with --resume" if os_error.errno in (errno.ENOSPC, errno.EDQUOT) \
+                else ""
+            raise CheckpointWriteError(f"{what} ({reason}); {kept}{hint}") from e
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         with atomic_output(os.path.join(self.save_dir, "last_checkpoint")) as f:
             f.write(last_filename_basename.encode("utf-8"))
+
+
+_NUMBERED = re.compile(r"^model_(\d+)\.pth$")
+
+
+def _newest_first(name: str):
+    m = _NUMBERED.match(name)
+    if name == "model_final.pth":
+        return (2, 0, name)
+    return (1, int(m.group(1)), name) if m else (0, 0, name)
+
+
+def intact_checkpoints(model: torch.nn.Module, folder: str, skip: str = "") -> Iterator[str]:
+    """The ``.pth`` files of ``folder`` that read as checkpoints (:func:`compat.read_checkpoint`), newest first:
+    ``model_final.pth``, then ``model_NNNNNNN.pth`` by iteration, then other names; ``skip`` is left out.
+    Lazy: each file is read only when the next one is asked for."""
+    names: List[str] = sorted((n for n in os.listdir(folder) if n.endswith(".pth") and n != os.path.basename(skip)),
+                              key=_newest_first, reverse=True)
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            compat.read_checkpoint(model, path)
+        except compat.CheckpointReadError:
+            continue
+        yield path
+
+
+def unreadable_resume_message(model: torch.nn.Module, folder: str, path: str, reason: str) -> str:
+    """One line for ``--resume`` when the checkpoint that ``folder/last_checkpoint`` names cannot be read:
+    ``reason``, and the newest intact checkpoint of the folder with how to resume from it (or that none is)."""
+    tag = os.path.join(folder, "last_checkpoint")
+    found = next(intact_checkpoints(model, folder, skip=path), None)
+    if found is None:
+        return (f"--resume: {reason} ({tag} names it), and no other checkpoint in {folder} reads fine: "
+                f"start again without --resume")
+    name = os.path.basename(found)
+    return (f"--resume: {reason} ({tag} names it); the newest checkpoint in {folder} that reads fine is {name}: "
+            f"to resume from it, write {name} into {tag} (echo {name} > {tag}) and run again with --resume")

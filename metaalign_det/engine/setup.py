@@ -15,11 +15,37 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-__all__ = ["setup_run", "setup_logging", "FILE_ONLY"]
+from ..evaluation import WeightsMismatchError
+from .checkpoint import CheckpointWriteError
+
+__all__ = ["setup_run", "setup_logging", "FILE_ONLY", "REPORTED_ERRORS", "reported_error"]
 
 # ``logging`` extra for records that belong in OUTPUT_DIR/log.txt only (dumps of the environment, the config,
 # the model): the console handlers set up by :func:`setup_logging` drop them.
 FILE_ONLY = {"file_only": True}
+
+# What the tools report as one ``error:`` line (exit status 2): bad input, and a run that cannot go on (a
+# diverged step, a checkpoint that cannot be written, OUTPUT_DIR in use). When one stops training, detectron2's
+# "Exception during training:" record keeps its traceback in log.txt only; the console gets the one line.
+REPORTED_ERRORS = (ValueError, KeyError, FileNotFoundError, FloatingPointError, WeightsMismatchError,
+                   CheckpointWriteError)
+
+
+
+def reported_error(error: BaseException) -> Optional[BaseException]:
+    """``error`` if it is one of :data:`REPORTED_ERRORS`, else the first such error in its context chain when that
+    is a :class:`CheckpointWriteError` (on a full disk the hooks' final writes fail too, while handling it);
+    else None (a bug: it keeps its traceback)."""
+    if isinstance(error, REPORTED_ERRORS):
+        return error
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, CheckpointWriteError):
+            return error
+        error = error.__context__
+    return None
+
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -42,7 +68,10 @@ class _ConsoleFormatter(logging.Formatter):
 
 
 def _console_record(record):
-    return not getattr(record, "file_only", False)
+    if getattr(record, "file_only", False):
+        return False
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, REPORTED_ERRORS)
 
 
 def _is_log_file_handler(handler):

@@ -27,7 +27,7 @@ from ..data.augmentation import build_target_view_mapper
 from ..data.paired_loader import PairedDataLoader, build_paired_train_loader, check_dataset_names
 from ..evaluation import DetectionAPEvaluator, build_evaluator, unlabelled_reason
 from ..evaluation.ap import METRICS
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import AtomicDetectionCheckpointer, unreadable_resume_message
 from .distributed import broadcast_module_
 from .printer import TrainingMetricPrinter
 from .setup import FILE_ONLY
@@ -41,6 +41,8 @@ __all__ = [
     "check_step_config",
     "check_eval_config",
     "check_model_weights",
+    "check_num_gpus",
+    "TrainingInterrupted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,22 @@ def check_device(cfg: CfgNode) -> None:
             raise ValueError(
                 f"MODEL.DEVICE is {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
             )
+
+
+def check_num_gpus(num_gpus: int) -> None:
+    """``--num-gpus N`` (N > 1) needs N CUDA devices: detectron2's ``launch`` starts one process per GPU (and
+    fails after a while, with a traceback per process, without them). The same check for every tool."""
+    if num_gpus <= 1:
+        return
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n < num_gpus:
+        raise ValueError(f"--num-gpus {num_gpus} needs {num_gpus} CUDA devices, this machine has "
+                         f"{n or 'no usable CUDA device'}: use --num-gpus {max(n, 1)}")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message (one line) says where it stopped and what ``--resume`` continues
+    from."""
 
 
 def check_eval_config(cfg: CfgNode) -> None:
@@ -235,10 +253,37 @@ class MetaAlignTrainer(DefaultTrainer):
                         output_folder: Optional[str] = None) -> DetectionAPEvaluator:
         return build_evaluator(cfg, dataset_name, output_folder)
 
+    def train(self):
+        """DefaultTrainer's ``train``; Ctrl-C becomes :class:`TrainingInterrupted` with a one-line message."""
+        try:
+            return super().train()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self.interrupted_message()) from None
+
+    def interrupted_message(self) -> str:
+        """Where training stopped and what ``--resume`` continues from (the checkpoint last_checkpoint names)."""
+        where = f"interrupted at iteration {self.iter}"
+        if not self.checkpointer.has_checkpoint():
+            return f"{where}; no checkpoint was written yet: run again without --resume to start from the beginning"
+        return f"{where}; the last checkpoint is {self.checkpointer.get_checkpoint_file()}: resume with --resume"
+
     def resume_or_load(self, resume: bool = True) -> None:
-        if not (resume and self.checkpointer.has_checkpoint()):  # MODEL.WEIGHTS is what gets loaded
+        resuming = resume and self.checkpointer.has_checkpoint()
+        if not resuming:  # MODEL.WEIGHTS is what gets loaded
             check_model_weights(self.cfg.MODEL.WEIGHTS)
-        super().resume_or_load(resume=resume)
+        # the file last_checkpoint names, in a local OUTPUT_DIR: missing or unreadable -> one line that names the
+        # newest intact checkpoint and how to resume from it (never a silent fall-back to an older one)
+        folder = self.checkpointer.save_dir
+        path = self.checkpointer.get_checkpoint_file() if resuming else ""
+        local = resuming and "://" not in path
+        if local and not os.path.isfile(path):
+            raise ValueError(unreadable_resume_message(self.model, folder, path, f"{path}: no such file"))
+        try:
+            super().resume_or_load(resume=resume)
+        except compat.CheckpointReadError as e:
+            if not local:
+                raise
+            raise compat.CheckpointReadError(unreadable_resume_message(self.model, folder, path, str(e))) from None
         ema = getattr(self.step_trainer, "ema", None)
         if ema is not None and not ema.restored:  # teacher-student: no "ema" in the checkpoint: start from
             ema.copy_from(self.model)              # the loaded weights (MODEL.WEIGHTS or the resumed model)

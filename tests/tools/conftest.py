@@ -16,6 +16,7 @@ import metaalign_det  # noqa: F401  (compat before detectron2)
 # isort: split
 from detectron2.modeling import build_model
 
+from metaalign_det.data.datasets.synthetic import ensure_synthetic_pair
 from tests.helpers.configs import tiny_rcnn_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,6 +24,14 @@ TOY_CLASSES = ["car", "person"]
 TOY_HW = (48, 64)
 TOY_GT_PER_CLASS = [2, 1]  # per image: two cars, one person -> num_gt over 3 images: [6, 3]
 TOY_IMAGES = 3
+
+
+@pytest.fixture(scope="session")
+def datasets_root(tmp_path_factory):
+    """DETECTRON2_DATASETS for tools/train_net.py runs on the quick schedules: the generated demo pair (once)."""
+    root = tmp_path_factory.mktemp("d2_datasets")
+    ensure_synthetic_pair(str(root))
+    return root
 
 
 @pytest.fixture(scope="session")

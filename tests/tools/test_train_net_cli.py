@@ -6,17 +6,8 @@ import sys
 
 import pytest
 
-from metaalign_det.data.datasets.synthetic import ensure_synthetic_pair
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = os.path.join(REPO, "configs", "quick_schedules")
-
-
-@pytest.fixture(scope="module")
-def datasets_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("d2_datasets")
-    ensure_synthetic_pair(str(root))  # once for every run below
-    return root
 
 
 def _train_net(datasets_root, *args):

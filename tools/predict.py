@@ -34,6 +34,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # imported, not run: tools/ for _toolstart
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import _toolstart  # noqa: E402  (stdlib only: the start-up line, library notices kept off the console)
 
 _toolstart.begin("predict.py")

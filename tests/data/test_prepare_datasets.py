@@ -179,7 +179,7 @@ def test_manifest_missing_files_are_named(tool, tmp_path, capsys, pairs_cleanup)
 
 
 @pytest.mark.parametrize("over, message", [
-    ({"clases": ["car"]}, r"pair manifest .*bad_pair.yaml: unknown keys \['clases'\]"),
+    ({"clases": ["car"]}, r"pair manifest .*bad_pair.yaml: unknown keys \['clases' \(did you mean 'classes'\?\)\]"),
     ({"source": {"type": "images", "root": "x"}}, r"pair manifest .*bad_pair.yaml: source: an 'images' set has no "
                                                    r"labels; only the target may be unlabelled"),
 ])

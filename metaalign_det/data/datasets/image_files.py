@@ -83,14 +83,17 @@ def oriented_size(im: "Image.Image") -> Tuple[int, int]:
 
 
 def verify_image(path: str) -> Optional[str]:
-    """Read ``path`` exactly as training does (detectron2's ``read_image``: full decode, EXIF orientation
-    applied); return None if that works, else a one-line reason (no exception).
+    """Decode ``path`` in full (strictly: damage anywhere in the file is an error), then read it exactly as
+    training does (detectron2's ``read_image``: EXIF orientation applied, converted to BGR); return None if
+    both work, else a one-line reason (no exception).
 
     Picklable (a module-level function) so that a process pool can run it.
     """
     from detectron2.data.detection_utils import read_image
 
     try:
+        with Image.open(path) as im:
+            im.load()
         read_image(path, format="BGR")
     except DECODE_ERRORS as e:
         return f"{type(e).__name__}: {e}"

@@ -115,6 +115,17 @@ def check_num_gpus(num_gpus: int) -> None:
                          f"{n or 'no usable CUDA device'}: use --num-gpus {max(n, 1)}")
 
 
+def _caused_by_interrupt(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in ``error``'s context chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__context__
+    return False
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message (one line) says where it stopped and what ``--resume`` continues
     from."""
@@ -259,6 +270,12 @@ class MetaAlignTrainer(DefaultTrainer):
             return super().train()
         except KeyboardInterrupt:
             raise TrainingInterrupted(self.interrupted_message()) from None
+        except Exception as e:
+            # Ctrl-C inside a library call that then fails while unwinding (e.g. torch.save's zip writer closing
+            # a half-written archive: RuntimeError "during handling of KeyboardInterrupt") is still Ctrl-C
+            if _caused_by_interrupt(e):
+                raise TrainingInterrupted(self.interrupted_message()) from None
+            raise
 
     def interrupted_message(self) -> str:
         """Where training stopped and what ``--resume`` continues from (the checkpoint last_checkpoint names)."""

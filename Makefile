@@ -12,19 +12,19 @@ env:
 
 test: env
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 tests
 
 # The edit loop: lint + every test except the end-to-end tool runs and real builds (marked slow).
 test-quick: env
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 -m "not slow" tests
 
 # The second lane: the whole suite against detectron2 built from source (compiled _C) in .venv-d2main.
 # The build is cached by the source's hash (~/.cache/metaalign_det/source-builds), so it compiles once.
 test-d2main:
 	@test -e "$(D2_SOURCE)" || { echo "test-d2main: $(D2_SOURCE) not found (set D2_SOURCE=PATH to a detectron2 checkout or tarball)" >&2; exit 2; }
 	METAALIGN_VENV=$(CURDIR)/.venv-d2main METAALIGN_D2_SOURCE=$(D2_SOURCE) python3 tools/bootstrap.py
-	.venv-d2main/bin/python -m pytest -q tests
+	.venv-d2main/bin/python -m pytest -q -n auto --maxprocesses 4 tests
 
 demo: env
 	$(PY) tools/demo.py

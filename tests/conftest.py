@@ -13,6 +13,16 @@ import metaalign_det  # noqa: F401
 _TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools") + os.sep
 
 
+def pytest_configure(config):
+    # pytest-xdist (`make test` runs `-n auto`): the workers share the cores, so each takes its share of
+    # torch's threads instead of all of them (oversubscription makes a 2-core run slower, not faster)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.fspath).startswith(_TOOLS):

@@ -150,10 +150,14 @@ def test_disk_full_while_saving_a_checkpoint(datasets_root, tmp_path):
 
 
 # ---- 3. Ctrl-C -----------------------------------------------------------------------------------------------
+SLOW_LR = ("SOLVER.BASE_LR", "0.001")
+
+
 def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(out, "SOLVER.MAX_ITER", "500"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO, env=_env(datasets_root))
+    # a small lr: on a loaded machine the run may train for a while before the signal, and must not diverge first
+    proc = subprocess.Popen(_cmd(out, "SOLVER.MAX_ITER", "500", *SLOW_LR), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env(datasets_root))
     try:
         deadline = time.monotonic() + 300
         while not (out / "last_checkpoint").exists():
@@ -179,7 +183,7 @@ def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_pa
     saved_at = int(tag[len("model_"):-len(".pth")])
     assert saved_at <= stopped_at <= saved_at + 2  # checkpoints every 2 iterations; the next one was not written
     assert "error:" not in stderr and _leftovers(out) == []
-    again = _run(datasets_root, out, "SOLVER.MAX_ITER", str(saved_at + 3), resume=True)
+    again = _run(datasets_root, out, "SOLVER.MAX_ITER", str(saved_at + 3), *SLOW_LR, resume=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _resumed_at(out) == saved_at + 1 and _tag(out) == "model_final.pth"
 

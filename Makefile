@@ -5,7 +5,7 @@ export PYTHONUNBUFFERED := 1
 # The official detectron2 at main (source tarball) that `make test-d2main` builds and tests against.
 D2_SOURCE ?= ../shared/third_party/detectron2-02b5c4e.tar.gz
 
-.PHONY: env test test-quick test-d2main demo demo-teacher bench-step bench-eval adaptation-study clean-env
+.PHONY: env test test-quick test-d2main demo demo-metaalign demo-teacher bench-step bench-eval adaptation-study clean-env
 
 env:
 	python3 tools/bootstrap.py
@@ -26,12 +26,16 @@ test-d2main:
 	METAALIGN_VENV=$(CURDIR)/.venv-d2main METAALIGN_D2_SOURCE=$(D2_SOURCE) python3 tools/bootstrap.py
 	.venv-d2main/bin/python -m pytest -q -n auto --maxprocesses 4 tests
 
+# the mean teacher against the fair source-only baseline (same strong augmentation and EMA), from one base
 demo: env
 	$(PY) tools/demo.py
 
-# the mean teacher against the fair source-only baseline (same base detector as `make demo`)
-demo-teacher: env
-	$(PY) tools/demo.py --method teacher
+# MetaAlign (first order) against plain source-only, from the same base detector as `make demo`
+demo-metaalign: env
+	$(PY) tools/demo.py --method metaalign
+
+# the name `make demo` had for the teacher comparison before it became the default
+demo-teacher: demo
 
 bench-step: env
 	$(PY) benchmarks/bench_step.py

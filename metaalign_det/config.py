@@ -9,6 +9,8 @@ compat.apply()  # before any detectron2 import; without detectron2: ImportError 
 
 from detectron2.config import CfgNode as CN  # noqa: E402
 
+from .options import EvalOptions, MetaOptions, TeacherOptions  # noqa: E402  (the groups' defaults and rules)
+
 __all__ = ["add_metaalign_config", "alignment_heads_enabled"]
 
 
@@ -120,24 +122,28 @@ def add_metaalign_config(cfg):
     _C.MODEL.VGG.OUT_FEATURES = ["vgg_conv5"]
 
     # ---- MetaAlign step ---------------------------------------------------------------------------
+    # The META / TEACHER / TEST.AP_* defaults are those of their option records (metaalign_det/options.py,
+    # which also validates them); the comments say what each key does and the default's value.
+    _META, _TEACHER, _EVAL = MetaOptions(), TeacherOptions(), EvalOptions()
     _C.META = CN()
-    # "none" = plain joint DA step; "first_order" = official update; "second_order" = exact meta-gradient.
-    _C.META.MODE = "none"
-    # "align_first" (paper: inner step on L_align), "det_first" (roles swapped), "alternate" (official code:
-    # det_first on even iterations -- it starts with the detection loss as meta-train -- align_first on odd).
-    _C.META.DIRECTION = "align_first"
-    # Inner step size alpha = INNER_LR_SCALE x current learning rate (official meta_lr; detection: 10).
-    _C.META.INNER_LR_SCALE = 10.0
-    # Regexes over parameter names that get fast weights; empty = every trainable parameter.
-    _C.META.PARAMS = []
-    # Hessian-vector product for second order: "auto" (double backward, else finite difference),
+    # "none" (default) = plain joint DA step; "first_order" = official update; "second_order" = exact
+    # meta-gradient.
+    _C.META.MODE = _META.mode
+    # "align_first" (default; paper: inner step on L_align), "det_first" (roles swapped), "alternate" (official
+    # code: det_first on even iterations -- it starts with the detection loss as meta-train -- align_first on odd).
+    _C.META.DIRECTION = _META.direction
+    # Inner step size alpha = INNER_LR_SCALE x current learning rate (official meta_lr; detection: 10, the default).
+    _C.META.INNER_LR_SCALE = _META.inner_lr_scale
+    # Regexes over parameter names that get fast weights; empty (default) = every trainable parameter.
+    _C.META.PARAMS = list(_META.params)
+    # Hessian-vector product for second order: "auto" (default: double backward, else finite difference),
     # "double_backward", "finite_difference".
-    _C.META.HVP = "auto"
-    # Relative step of the central finite-difference HVP (eps = FD_EPS * ||theta|| / ||v||).
-    _C.META.FD_EPS = 1e-3
-    # In MODE "none", also log meta/grad_cos every N iterations (costs one extra backward then; 0 = never).
+    _C.META.HVP = _META.hvp
+    # Relative step of the central finite-difference HVP (eps = FD_EPS * ||theta|| / ||v||; default 1e-3).
+    _C.META.FD_EPS = _META.fd_eps
+    # In MODE "none", also log meta/grad_cos every N (default 20) iterations (one extra backward then; 0 = never).
     # The meta modes log it every step for free.
-    _C.META.JOINT_GRAD_COS_PERIOD = 20
+    _C.META.JOINT_GRAD_COS_PERIOD = _META.joint_grad_cos_period
 
     # Iterations between metric writes (console, metrics.json, TensorBoard); detectron2 hard-codes 20.
     _C.SOLVER.LOG_PERIOD = 20
@@ -183,25 +189,25 @@ def add_metaalign_config(cfg):
     # Mean teacher: the EMA labels the weak target view, the student learns them on the strong view.
     _C.TEACHER = CN()
     # Turn the teacher on (needs MODEL.EMA.ENABLED and DATASETS.TRAIN_TARGET).
-    _C.TEACHER.ENABLED = False
+    _C.TEACHER.ENABLED = _TEACHER.enabled
     # Source-only supervised iterations (no alignment, no pseudo-labels) before the teacher starts; 0 =
     # start at once (e.g. from a source-only MODEL.WEIGHTS).
-    _C.TEACHER.BURN_IN_ITERS = 0
+    _C.TEACHER.BURN_IN_ITERS = _TEACHER.burn_in_iters
     # Teacher at the end of burn-in: "student" (a copy of the student; Adaptive Teacher) or "ema" (keep the
     # EMA accumulated during burn-in).
-    _C.TEACHER.INIT = "student"
+    _C.TEACHER.INIT = _TEACHER.init
     # Teacher detections (per-class NMS as in inference) scoring at least this become pseudo-labels.
-    _C.TEACHER.SCORE_THRESH = 0.8
+    _C.TEACHER.SCORE_THRESH = _TEACHER.score_thresh
     # Detection losses the student takes on pseudo-labelled target images, logged as loss_pseudo_*;
     # Adaptive Teacher: the classification terms only (box regression from pseudo-boxes is unreliable).
-    _C.TEACHER.LOSSES = ("loss_rpn_cls", "loss_cls")
+    _C.TEACHER.LOSSES = _TEACHER.losses
     # Weight of every pseudo-label loss (Adaptive Teacher's unsupervised loss weight).
-    _C.TEACHER.LOSS_WEIGHT = 1.0
+    _C.TEACHER.LOSS_WEIGHT = _TEACHER.loss_weight
     # Log teacher/agreement (student vs teacher on the weak target view) every N iterations; 0 = never.
-    _C.TEACHER.MONITOR_PERIOD = 20
+    _C.TEACHER.MONITOR_PERIOD = _TEACHER.monitor_period
     # Log pseudo-label precision/recall against the target datasets' labels (fetched from DatasetCatalog,
     # monitoring only: never fed to the model); needs labelled target sets.
-    _C.TEACHER.MONITOR_GT = False
+    _C.TEACHER.MONITOR_GT = _TEACHER.monitor_gt
 
     # ---- mixed precision ----------------------------------------------------------------------------
     # Autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a GradScaler) or "bfloat16" (no scaler; CPU too).
@@ -209,9 +215,9 @@ def add_metaalign_config(cfg):
 
     # ---- evaluation -------------------------------------------------------------------------------
     # AP convention of the project's evaluator: "coco101" (pycocotools AP50), "voc07" (11-point), "voc12".
-    _C.TEST.AP_METRIC = "coco101"
+    _C.TEST.AP_METRIC = _EVAL.ap_metric
     # IoU threshold of that AP.
-    _C.TEST.AP_IOU = 0.5
+    _C.TEST.AP_IOU = _EVAL.ap_iou
     # Also report COCO AP@[.5:.95] through pycocotools (slower; for users who want the COCO numbers).
-    _C.TEST.AP_COCO = False
+    _C.TEST.AP_COCO = _EVAL.ap_coco
     return cfg

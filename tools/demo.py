@@ -4,14 +4,19 @@
 1. generates the synthetic clear -> foggy pair on first use (seeded, ~15 s; reused afterwards);
 2. trains a source-only R18-FPN *base* detector on the labelled clear images (--base-iters);
 3. from that same base, trains two detectors for the same --iters iterations with the same seed (same source
-   images in the same order): source-only (trained on) and the adapted one (--method, default MetaAlign
-   first order at the study's α; the unlabelled foggy train images are its only extra input). The teacher
-   methods (mean teacher alone or inside MetaAlign; the base is their burn-in) are compared with the *fair*
-   source-only instead: the same strong augmentation and EMA, no target image;
-4. evaluates both on the target val (synthetic_foggy_val) and the source val and prints them side by side
-   with the difference.
+   images in the same order): a baseline and the adapted one (--method). The default is the mean teacher
+   (the base is its burn-in) against the *fair* source-only baseline (the same strong augmentation and EMA,
+   no target image), so that the difference is what the unlabelled foggy images buy; the study measures
+   that direction on every seed and the demo's short schedule shows it too (docs/benchmarks.md: the demo on
+   five seeds). The feature-alignment methods (MetaAlign first order at the study's α, DA joint) are compared
+   with plain source-only; from the demo's short base their one-seed difference is often within noise;
+4. evaluates both on the target val (synthetic_foggy_val) and the source val, prints them side by side with
+   the difference, and under it the multi-seed study's paired difference for the same comparison.
 
-    python tools/demo.py [--method metaalign|da_joint|teacher|teacher_metaalign] [--base-iters 500]
+While a stage trains, one progress line per SOLVER.LOG_PERIOD iterations (iteration, loss, time left); each
+run's full console output is in its run.log.
+
+    python tools/demo.py [--method teacher|teacher_metaalign|metaalign|da_joint] [--base-iters 500]
                          [--iters 200] [--seed 0]
 
 Finished steps are reused (a run whose result file exists is not retrained; an interrupted run resumes from
@@ -19,8 +24,10 @@ its last checkpoint). Everything lands under --output-dir (default output/demo).
 the multi-seed study (docs/benchmarks.md, `make adaptation-study`) says how large and how reliable the gain is.
 """
 import argparse
+import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,28 +44,92 @@ BASELINES = {
 }
 # --method -> (config, label, extra overrides, baseline); the base detector is the teacher's burn-in
 METHODS = {
+    "teacher": ("teacher_R18_FPN.yaml", "mean teacher", ["TEACHER.BURN_IN_ITERS", "0"], "fair"),
     "metaalign": ("metaalign_R18_FPN.yaml", "MetaAlign (1st order)", [], "plain"),
     "da_joint": ("da_joint_R18_FPN.yaml", "DA joint", [], "plain"),
-    "teacher": ("teacher_R18_FPN.yaml", "mean teacher", ["TEACHER.BURN_IN_ITERS", "0"], "fair"),
     "teacher_metaalign": ("teacher_metaalign_R18_FPN.yaml", "teacher + MetaAlign", ["TEACHER.BURN_IN_ITERS", "0"],
                           "fair"),
 }
 
+# The multi-seed study's rows for each comparison (benchmarks/results/adaptation_study/<row>/seed*.json):
+# --method -> (adapted row, baseline row). MetaAlign's row is the one at the α the demo config uses.
+STUDY_ROWS = {
+    "teacher": ("teacher", "fair_source_only"),
+    "teacher_metaalign": ("teacher_metaalign_fo", "fair_source_only"),
+    "metaalign": ("metaalign_fo_a1", "source_only"),
+    "da_joint": ("da_joint", "source_only"),
+}
+STUDY_DIR = os.path.join(ROOT, "benchmarks", "results", "adaptation_study")
+STUDY_SPLIT = "synthetic_foggy_test"
+# detectron2's console line from the trainer (engine/printer.py): "eta: 0:01:10  iter: 59  total_loss: 1.2 ..."
+_PROGRESS = re.compile(r"(?:eta: (?P<eta>[\d:]+)\s+)?iter: (?P<iter>\d+)\s+total_loss: (?P<loss>\S+)")
+_INFERENCE = re.compile(r"Start inference on \d+ batches|Evaluating (\S+)")
 
-def _train(config, out, opts, threads, log_name="run.log"):
-    """tools/train_net.py in its own process (resumes if a checkpoint is there); returns wall seconds."""
+
+def _fmt_eta(text):
+    """'0:01:05' (h:mm:ss, as the trainer prints it) -> '1 min 05 s left'."""
+    seconds = 0
+    for part in text.split(":"):
+        seconds = seconds * 60 + int(part)
+    return f"{_fmt_time(seconds)} left"
+
+
+def _train(config, out, opts, threads, stage, max_iter, log_name="run.log"):
+    """tools/train_net.py in its own process (resumes if a checkpoint is there); returns wall seconds.
+
+    Its console output goes to ``out/log_name``; on the console, one progress line per logged iteration
+    (``[demo] <stage>: iter i/max_iter  loss L  <time> left``), taken from the trainer's metric line."""
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config]
     if os.path.exists(os.path.join(out, "last_checkpoint")):
         cmd.append("--resume")
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
+    evaluating = False
     with open(os.path.join(out, log_name), "a") as log:
-        rc = subprocess.run(cmd + list(opts) + ["OUTPUT_DIR", out], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=ROOT, env=env).returncode
+        proc = subprocess.Popen(cmd + list(opts) + ["OUTPUT_DIR", out], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, cwd=ROOT, env=env, text=True, errors="replace")
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                m = _PROGRESS.search(line)
+                if m:
+                    left = f"  {_fmt_eta(m['eta'])}" if m["eta"] else ""
+                    print(f"[demo] {stage}: iter {int(m['iter']) + 1}/{max_iter}  loss {m['loss']}{left}",
+                          flush=True)
+                elif not evaluating and _INFERENCE.search(line):
+                    evaluating = True
+                    print(f"[demo] {stage}: evaluating on the val splits...", flush=True)
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     if rc != 0:
         raise SystemExit(f"[demo] training failed (exit {rc}): see {os.path.join(out, log_name)}")
     return time.perf_counter() - t0
+
+
+def study_figure(method, study_dir=STUDY_DIR):
+    """The multi-seed study's paired difference (adapted − baseline, target test AP50) for ``method``'s
+    comparison, from the committed per-seed records: a dict with ``mean``, ``low``, ``high`` (95% t-interval,
+    None for one seed), ``n``, ``wins`` (seeds where the adapted detector is ahead); None without records."""
+    from metaalign_det.analysis.stats import paired_difference
+
+    def test_ap(row):
+        aps = {}
+        for path in glob.glob(os.path.join(study_dir, row, "seed*.json")):
+            with open(path) as f:
+                rec = json.load(f)
+            aps[int(re.search(r"seed(\d+)\.json$", path).group(1))] = rec["ap"][STUDY_SPLIT]["mAP"]
+        return aps
+
+    adapted, baseline = STUDY_ROWS[method]
+    d = paired_difference(test_ap(adapted), test_ap(baseline))
+    if d is None:
+        return None
+    return {"mean": d["mean"], "low": d["low"], "high": d["high"], "n": d["n"],
+            "wins": sum(x > 0 for x in d["diffs"])}
 
 
 def _ap(out, dataset):
@@ -77,7 +148,7 @@ def _fmt_time(s):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--method", choices=list(METHODS), default="metaalign")
+    p.add_argument("--method", choices=list(METHODS), default="teacher")
     p.add_argument("--base-iters", type=int, default=500)
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -110,7 +181,7 @@ def main(argv=None):
         s = _train(os.path.join(DEMO, "source_only_R18_FPN.yaml"), base_dir,
                    ["SOLVER.MAX_ITER", str(args.base_iters), "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS",
                     str(max(1, args.base_iters // 10)), "SOLVER.CHECKPOINT_PERIOD", str(args.base_iters),
-                    "DATASETS.TEST", "()", "SEED", str(args.seed)], threads)
+                    "DATASETS.TEST", "()", "SEED", str(args.seed)], threads, "base", args.base_iters)
         print(f"[demo] base done ({_fmt_time(s)})", flush=True)
 
     # 3. two detectors from the same base, the same schedule and seed (same source data order)
@@ -126,7 +197,8 @@ def main(argv=None):
     # side by side (one thread each) would leave a core idle while the adapted run finishes.
     for k, (cfg, out, opts) in todo.items():
         print(f"[demo] {k}: {args.iters} more iterations from the base ({threads} threads)...", flush=True)
-        print(f"[demo] {k} done ({_fmt_time(_train(cfg, out, sched + opts, threads))})", flush=True)
+        print(f"[demo] {k} done ({_fmt_time(_train(cfg, out, sched + opts, threads, k, args.iters))})",
+              flush=True)
 
     # 4. side by side
     (so_t, so_c), (ad_t, ad_c) = (_ap(runs[k][1], TARGET_VAL) for k in runs)
@@ -139,6 +211,12 @@ def main(argv=None):
     for c in so_c:
         print(f"| {c:<8} | {so_c[c]:>{width}.1f} | {ad_c[c]:>{width}.1f} | {ad_c[c] - so_c[c]:>+6.1f} |")
     print(f"| {'mean':<8} | {so_t:>{width}.1f} | {ad_t:>{width}.1f} | {ad_t - so_t:>+6.1f} |")
+    fig = study_figure(args.method)
+    if fig is not None:
+        interval = f" [{fig['low']:+.1f}, {fig['high']:+.1f}]" if fig["low"] is not None else ""
+        print(f"multi-seed study, same comparison ({label} − {base_label}, target test AP50, converged base, "
+              f"{fig['n']} paired seeds): {fig['mean']:+.1f}{interval}, {label} ahead on {fig['wins']} of "
+              f"{fig['n']} seeds (docs/adaptation_study.md)")
     print(f"\nsource val ({SOURCE_VAL}): {base_label} {so_s:.1f}, {label} {ad_s:.1f}")
     print(f"[demo] total {_fmt_time(time.perf_counter() - t_start)}; outputs under {args.output_dir}. One seed is "
           "one draw: docs/benchmarks.md has the multi-seed study.")

@@ -16,8 +16,9 @@ queued kernels have run. A step reads two groups of values: the finite flags of 
 losses (one device-side reduction, before the update) and the weight norms before/after the update (one
 read, after it). Losses and statistics stay on the device and are read -- all pending steps in one copy --
 only on the steps whose metrics are written (every ``log_period`` iterations and the last one), where they
-are put into the EventStorage under their own iteration numbers; so the writers see the same series as if
-every step had written its own. ``tests/engine/test_host_syncs.py`` pins these counts.
+are put into the EventStorage under their own iteration numbers (engine/step_metrics.py); so the writers see
+the same series as if every step had written its own. ``tests/engine/test_host_syncs.py`` pins these counts.
+The global random streams go into checkpoints through engine/rng_state.py.
 """
 import contextlib
 import logging
@@ -25,55 +26,27 @@ import math
 import time
 from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
-from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
 
 from .. import compat
 from ..data.paired_loader import batch_to_device
 from ..meta import meta_align_grads, resolve_direction, select_params
 from ..meta.buffers import StepBuffers
 from ..meta.grad_stats import finite_flag
+from ..options import MetaOptions
 from .distributed import all_reduce_mean_, world_size
 from .loss_evaluator import LossEvaluator
+from .rng_state import capture_rng_state, restore_rng_state
+from .step_metrics import DeferredStepMetrics
 
 __all__ = ["MetaAlignStepOptions", "MetaAlignSimpleTrainer", "MetaAlignAMPTrainer"]
 
 logger = logging.getLogger(__name__)
 
-_ORDER = {"none": "none", "first_order": "first", "second_order": "second"}
-
-
-class MetaAlignStepOptions:
-    """The META.* settings the step needs, validated once (one clear error per bad key)."""
-
-    def __init__(self, mode: str = "none", direction: str = "align_first", inner_lr_scale: float = 10.0,
-                 params: Sequence[str] = (), hvp: str = "auto", fd_eps: float = 1e-3,
-                 joint_grad_cos_period: int = 20) -> None:
-        if mode not in _ORDER:
-            raise ValueError(f"META.MODE must be one of {sorted(_ORDER)}, got {mode!r}")
-        if direction not in ("align_first", "det_first", "alternate"):
-            raise ValueError(
-                f"META.DIRECTION must be 'align_first', 'det_first' or 'alternate', got {direction!r}"
-            )
-        if hvp not in ("auto", "double_backward", "finite_difference"):
-            raise ValueError(
-                f"META.HVP must be 'auto', 'double_backward' or 'finite_difference', got {hvp!r}"
-            )
-        if inner_lr_scale < 0:
-            raise ValueError(f"META.INNER_LR_SCALE must be >= 0, got {inner_lr_scale}")
-        self.mode, self.direction, self.inner_lr_scale = mode, direction, float(inner_lr_scale)
-        self.params, self.hvp, self.fd_eps = list(params), hvp, float(fd_eps)
-        self.joint_grad_cos_period = int(joint_grad_cos_period)
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode) -> "MetaAlignStepOptions":
-        m = cfg.META
-        return cls(m.MODE, m.DIRECTION, m.INNER_LR_SCALE, m.PARAMS, m.HVP, m.FD_EPS,
-                   m.JOINT_GRAD_COS_PERIOD)
+# The META.* settings the step needs, validated once (one clear error per bad key): metaalign_det/options.py.
+MetaAlignStepOptions = MetaOptions
 
 
 class MetaAlignSimpleTrainer(SimpleTrainer):
@@ -111,7 +84,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         self.last_stats: Dict[str, Any] = {}
         self._hvp_known: Dict[str, str] = {}
         # (iteration, losses, stats, data_time) of the steps not yet written
-        self._pending_metrics: List[Tuple[int, dict, dict, float]] = []
+        self.metrics = DeferredStepMetrics()  # losses / stats on the device until a log step
         # theta' (and theta +- eps v) reuse these tensors step after step instead of fresh ones
         self._step_buffers = StepBuffers()
         # cfg.SEED when set (>= 0), else one random draw shared by all processes; checkpointed.
@@ -121,7 +94,8 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def autocast_context(self) -> ContextManager[Any]:
         return contextlib.nullcontext()
 
-    def loss_scale(self) -> float:
+    def loss_scale(self) -> Union[float, torch.Tensor]:
+        """What each loss is multiplied by before a backward: 1.0, or (fp16) the GradScaler's scale."""
         return 1.0
 
     def step_seed(self) -> int:
@@ -136,13 +110,16 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         return LossEvaluator(self.model, source, target, self.autocast_context, self.step_seed())
 
     def compute_gradients(
-        self, source: List[dict], target: Optional[List[dict]]
+        self, source: List[dict], target: Optional[List[dict]], evaluator: Optional[LossEvaluator] = None
     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, torch.Tensor]]:
         """Return (grads: name -> tensor, stats: name -> 0-d device tensor, float or string (read on log steps
-        only, :meth:`flush_metrics`), losses: name -> detached 0-d tensor)."""
+        only, :meth:`flush_metrics`), losses: name -> detached 0-d tensor). ``evaluator``: the step's losses
+        (default :meth:`build_loss_evaluator`; the teacher step passes one that also holds its pseudo-label
+        losses)."""
         opt = self.options
-        evaluator = self.build_loss_evaluator(source, target)
-        order = _ORDER[opt.mode]
+        if evaluator is None:
+            evaluator = self.build_loss_evaluator(source, target)
+        order = opt.order
         if target is None and order != "none":
             raise ValueError(f"META.MODE={opt.mode!r} needs a target batch: set DATASETS.TRAIN_TARGET")
         direction = resolve_direction(opt.direction, self.iter)
@@ -191,10 +168,11 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
             stats["finite"] = torch.isfinite(norms).all()
             stats["losses_finite"] = bad[0] == 0  # no process had a non-finite loss
         scale = self.loss_scale()
+        unit = not torch.is_tensor(scale) and scale == 1.0
         for n, g in zip(names, tensors):
             p = self.params[n]
             g = g.to(p.dtype)
-            p.grad = g * scale if scale != 1.0 else g
+            p.grad = g if unit else g * scale
 
     def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor],
                      check_grads: bool = True) -> None:
@@ -264,54 +242,14 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def write_step_metrics(self, losses: Dict[str, torch.Tensor], stats: Dict[str, Any], data_time: float) -> None:
         """Like SimpleTrainer.write_metrics plus the meta/* series, deferred: the values stay on the device
         until a log step (see ``log_period``), which reads every pending step in one copy."""
-        self._pending_metrics.append((self.iter, dict(losses), dict(stats), data_time))
+        self.metrics.add(self.iter, losses, stats, data_time)
         last = self.max_iter is not None and self.iter >= self.max_iter - 1
         if self.log_period <= 1 or (self.iter + 1) % self.log_period == 0 or last:
             self.flush_metrics()
 
     def flush_metrics(self, collective: bool = True) -> None:
-        """Read the pending steps' losses and stats (one device->host copy) and put them into the current
-        EventStorage under their own iterations (one ``comm.gather`` for all of them; ``collective=False``
-        skips it and writes this process's values, for use after a failure, when another process may not
-        join). Non-finite or non-numeric stats are left out (order/direction/hvp are strings; grad_cos is
-        NaN on steps that do not compute it)."""
-        pending, self._pending_metrics = self._pending_metrics, []
-        if not pending:
-            return
-        tensors, slots = [], []
-        for i, (_, losses, stats, _) in enumerate(pending):
-            for group, values in ((0, losses), (1, stats)):
-                for k, v in values.items():
-                    if torch.is_tensor(v) and v.dtype != torch.bool:  # flags are not metrics
-                        slots.append((i, group, k))
-                        tensors.append(v.detach().reshape(()).to(torch.float64))
-        read = {}
-        if tensors:
-            dev = tensors[0].device
-            read = dict(zip(slots, torch.stack([t.to(dev) for t in tensors]).tolist()))
-        records = []
-        for i, (it, losses, stats, data_time) in enumerate(pending):
-            metrics = {k: read.get((i, 0, k), v) for k, v in losses.items()}
-            meta = {}
-            for k, v in stats.items():
-                v = read.get((i, 1, k), v)
-                numeric = isinstance(v, (int, float)) and not isinstance(v, bool)  # flags stay tensors
-                if numeric and np.isfinite(v):
-                    meta[k if "/" in k else f"meta/{k}"] = float(v)
-            records.append((it, {k: float(v) for k, v in metrics.items()}, meta, data_time))
-        all_records = comm.gather(records) if collective else [records]
-        if not comm.is_main_process():
-            return
-        storage = get_event_storage()
-        for j, (it, _, _, _) in enumerate(records):  # each record at the iteration it was measured
-            per_process = [r[j] for r in all_records]
-            loss_means = {k: float(np.mean([x[1][k] for x in per_process])) for k in per_process[0][1]}
-            compat.put_scalars_at(storage, it, data_time=max(x[3] for x in per_process),
-                                  total_loss=sum(loss_means.values()), **loss_means)
-            meta_keys = set().union(*(x[2].keys() for x in per_process))
-            meta_means = {k: float(np.mean([x[2][k] for x in per_process if k in x[2]])) for k in meta_keys}
-            if meta_means:
-                compat.put_scalars_at(storage, it, smoothing_hint=False, **meta_means)
+        """Write the pending steps' metrics now (:meth:`DeferredStepMetrics.flush`)."""
+        self.metrics.flush(collective)
 
     # -- the step -----------------------------------------------------------------------------------
     def run_step(self) -> None:
@@ -341,11 +279,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
     def state_dict(self) -> dict:
         ret = super().state_dict()
         ret["step_seed_base"] = self.seed_base
-        ret["rng"] = {
-            "torch": torch.get_rng_state(),
-            "numpy": _numpy_state_to_tensors(np.random.get_state()),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
+        ret["rng"] = capture_rng_state()
         return ret
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -353,10 +287,7 @@ class MetaAlignSimpleTrainer(SimpleTrainer):
         self.seed_base = int(state_dict.get("step_seed_base", self.seed_base))
         rng = state_dict.get("rng")
         if rng is not None and world_size() == 1:  # per-process streams differ; restore only when exact
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
-            if rng.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+            restore_rng_state(rng)
 
 
 def _read_flags(flags: Sequence[Union[bool, torch.Tensor]]) -> List[bool]:
@@ -367,17 +298,6 @@ def _read_flags(flags: Sequence[Union[bool, torch.Tensor]]) -> List[bool]:
     dev = tensors[0].device
     read = iter(torch.stack([t.reshape(()).to(device=dev, dtype=torch.bool) for t in tensors]).tolist())
     return [bool(next(read)) if torch.is_tensor(f) else bool(f) for f in flags]
-
-
-def _numpy_state_to_tensors(state):
-    # torch.load defaults to weights_only=True (torch >= 2.6), which refuses numpy arrays in a checkpoint.
-    name, keys, pos, has_gauss, cached = state
-    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
-
-
-def _numpy_state_from_tensors(state):
-    name, keys, pos, has_gauss, cached = state
-    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
 
 
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -407,8 +327,13 @@ class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
     def autocast_context(self) -> ContextManager[Any]:
         return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
-    def loss_scale(self) -> float:
-        return float(self.grad_scaler.get_scale()) if self.grad_scaler.is_enabled() else 1.0
+    def loss_scale(self) -> Union[float, torch.Tensor]:
+        # fp16: the scaler's current scale as a 0-d tensor on the device, via its public scale() -- get_scale()
+        # would read it to the host (a device sync) twice per step
+        if not self.grad_scaler.is_enabled():
+            return 1.0
+        device = next(iter(self.params.values())).device
+        return self.grad_scaler.scale(torch.ones((), dtype=torch.float32, device=device))
 
     def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor],
                      check_grads: bool = True) -> None:

@@ -26,7 +26,7 @@ from ..config import alignment_heads_enabled
 from ..data.augmentation import build_target_view_mapper
 from ..data.paired_loader import PairedDataLoader, build_paired_train_loader, check_dataset_names
 from ..evaluation import DetectionAPEvaluator, build_evaluator, unlabelled_reason
-from ..evaluation.ap import METRICS
+from ..options import EvalOptions
 from .checkpoint import AtomicDetectionCheckpointer, unreadable_resume_message
 from .distributed import broadcast_module_
 from .printer import TrainingMetricPrinter
@@ -137,12 +137,7 @@ def check_eval_config(cfg: CfgNode) -> None:
     Loading each test set here (their loaders read annotation caches and check that the files exist) makes
     a missing split fail now instead of at the first evaluation (TEST.EVAL_PERIOD) or after the schedule.
     """
-    metric = cfg.TEST.get("AP_METRIC", "coco101")
-    if metric not in METRICS:
-        raise ValueError(f"TEST.AP_METRIC must be one of {', '.join(METRICS)}, got {metric!r}")
-    iou = cfg.TEST.get("AP_IOU", 0.5)
-    if not 0.0 < float(iou) <= 1.0:
-        raise ValueError(f"TEST.AP_IOU must be in (0, 1], got {iou}")
+    EvalOptions.from_config(cfg)  # TEST.AP_METRIC / AP_IOU / AP_COCO
     names = list(cfg.DATASETS.TEST)
     check_dataset_names("DATASETS.TEST", names, allow_empty=True)
     for name in names:

@@ -17,6 +17,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..options import EvalOptions
 from ..utils.io import atomic_write_json
 from .ap import METRIC_SPECS, METRICS, APResult, compute_ap
 from .gather import gather_tensors
@@ -276,15 +277,11 @@ def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None) ->
     """The project's evaluator for ``dataset_name`` with ``cfg.TEST.AP_METRIC`` / ``cfg.TEST.AP_IOU``.
 
     ``output_dir`` defaults to ``cfg.OUTPUT_DIR/inference`` (detectron2's convention) when OUTPUT_DIR is set;
-    ``cfg.TEST.AP_COCO`` (optional key, default False) adds the pycocotools AP@[.5:.95] numbers.
+    ``cfg.TEST.AP_COCO`` adds the pycocotools AP@[.5:.95] numbers; keys a plain detectron2 config lacks take
+    :class:`metaalign_det.options.EvalOptions`' defaults.
     """
     if output_dir is None and cfg.OUTPUT_DIR:
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
-    test = cfg.TEST
-    return DetectionAPEvaluator(
-        dataset_name,
-        metric=test.get("AP_METRIC", "coco101"),
-        iou=test.get("AP_IOU", 0.5),
-        output_dir=output_dir,
-        coco_ap=bool(test.get("AP_COCO", False)),
-    )
+    opts = EvalOptions.from_config(cfg)
+    return DetectionAPEvaluator(dataset_name, metric=opts.ap_metric, iou=opts.ap_iou, output_dir=output_dir,
+                                coco_ap=opts.ap_coco)

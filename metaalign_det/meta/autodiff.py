@@ -3,7 +3,7 @@
 A loss callable maps parameter values (dict name -> tensor) to a scalar tensor; these helpers evaluate one
 with checks and differentiate it w.r.t. a list of leaves, undoing a loss scale (fp16 GradScaler).
 """
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 
@@ -22,15 +22,19 @@ def _eval_loss(fn: LossFn, p: Dict[str, torch.Tensor], name: str) -> torch.Tenso
     return loss.reshape(())
 
 
-def _grad(loss: torch.Tensor, leaves: List[torch.Tensor], scale: float, create_graph: bool = False,
-          retain_graph: Optional[bool] = None) -> List[Optional[torch.Tensor]]:
-    """Unscaled ``d(scale * loss) / d leaves``; None for a leaf the loss does not touch."""
+def _grad(loss: torch.Tensor, leaves: List[torch.Tensor], scale: Union[float, torch.Tensor],
+          create_graph: bool = False, retain_graph: Optional[bool] = None) -> List[Optional[torch.Tensor]]:
+    """Unscaled ``d(scale * loss) / d leaves``; None for a leaf the loss does not touch.
+
+    ``scale``: a python float, or a 0-d tensor on the loss's device (the fp16 GradScaler's current scale),
+    used as it is -- never read to the host, so the step costs no device sync for it."""
     if not loss.requires_grad:  # the loss does not depend on any leaf (e.g. no target instances)
         return [None] * len(leaves)
-    scaled = loss * scale if scale != 1.0 else loss
+    unit = not torch.is_tensor(scale) and scale == 1.0
+    scaled = loss if unit else loss * scale
     grads = torch.autograd.grad(scaled, leaves, allow_unused=True, create_graph=create_graph,
                                 retain_graph=retain_graph)
-    if scale == 1.0:
+    if unit:
         return list(grads)
     if create_graph:
         return [None if g is None else g / scale for g in grads]

@@ -144,7 +144,7 @@ def meta_align_grads(
     direction: str = "align_first",
     hvp: str = "auto",
     fd_eps: float = 1e-3,
-    loss_scale: float = 1.0,
+    loss_scale: Union[float, torch.Tensor] = 1.0,
     inner_grad_hook: Optional[GradHook] = None,
     compute_cos: Optional[bool] = None,
     outer_grad_hook: Optional[GradHook] = None,
@@ -183,7 +183,8 @@ def meta_align_grads(
         fd_eps: relative finite-difference step (> 0), see ``hvp``.
         loss_scale: > 0; each loss is multiplied by it before every backward (fp16 GradScaler) and the
             gradients are divided by it right after, so the inner step, the HVP and the returned grads
-            all use unscaled gradients.
+            all use unscaled gradients. A python number (checked), or a one-element floating tensor on the
+            losses' device, used without reading it to the host (the caller vouches that it is finite, > 0).
         inner_grad_hook: optional ``hook(list_of_tensors) -> None`` called on g1 (unscaled, one tensor
             per param in ``params`` order) and modifying it in place, before theta' is formed. The trainer
             all-reduces (averages) g1 across processes here so that theta', and hence the whole step,
@@ -394,9 +395,14 @@ def _validate(params, align_loss, det_loss, inner_lr, order, direction, hvp, fd_
     fd_eps = _real(fd_eps, "fd_eps")
     if fd_eps <= 0:
         raise ValueError(f"fd_eps must be > 0, got {fd_eps}")
-    loss_scale = _real(loss_scale, "loss_scale")
-    if loss_scale <= 0:
-        raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+    if isinstance(loss_scale, torch.Tensor) and loss_scale.is_floating_point() and loss_scale.numel() == 1:
+        # the GradScaler's scale on the device: kept there (reading it would sync the host every step); the
+        # scaler keeps it finite and > 0
+        loss_scale = loss_scale.reshape(())
+    else:
+        loss_scale = _real(loss_scale, "loss_scale")
+        if loss_scale <= 0:
+            raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
     if compute_cos is not None and not isinstance(compute_cos, bool):
         raise ValueError(f"compute_cos must be None or a bool, got {compute_cos!r}")
     return order, direction, hvp, inner_lr, fd_eps, loss_scale

@@ -181,7 +181,7 @@ def test_source_views(tmp_path, views):
     step = trainer.step_trainer
     seen = []
     original = step.build_loss_evaluator
-    step.build_loss_evaluator = lambda source, target: seen.append((source, target)) or original(source, target)
+    step.build_loss_evaluator = lambda source, target, *a: seen.append((source, target)) or original(source, target, *a)
     one_step(trainer)
     (source, target), = seen
     weak = [d["image"] for d in target]  # the target keeps the mapper's (weak) view for alignment

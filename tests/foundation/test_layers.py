@@ -1,6 +1,6 @@
 """The package's layers import downwards only, also inside functions (a lazy import is still a dependency).
 
-Order, low -> high: compat, config, utils -> modeling, meta -> data -> evaluation -> engine -> analysis -> cli
+Order, low -> high: compat, config, options, utils -> modeling, meta -> data -> evaluation -> engine -> analysis -> cli
 (the tools' support). ``metaalign_det/__init__.py`` is the entry point that registers everything; it is the
 only module allowed to import every layer.
 """
@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PACKAGE = os.path.join(REPO, "metaalign_det")
 
 LAYERS = {
-    "compat": 0, "config": 0, "utils": 0,
+    "compat": 0, "config": 0, "options": 0, "utils": 0,
     "modeling": 1, "meta": 1,
     "data": 2,
     "evaluation": 3,

@@ -338,6 +338,11 @@ def test_loss_scale_is_undone(order, hvp):
     b, sb = meta_align_grads(params, align_loss, det_loss, LR, order=order, hvp=hvp, loss_scale=1024.0)
     assert_grads_close(a, b, rtol=1e-10, atol=1e-14)
     assert sa["align_loss"] == pytest.approx(sb["align_loss"], rel=1e-12)  # unscaled values
+    # the fp16 trainer passes the GradScaler's scale as a 0-d device tensor (no host read): the same result
+    c, sc = meta_align_grads(params, align_loss, det_loss, LR, order=order, hvp=hvp,
+                             loss_scale=torch.tensor(1024.0))
+    assert_grads_close(b, c, rtol=1e-10, atol=1e-14)
+    assert sc["align_loss"] == pytest.approx(sb["align_loss"], rel=1e-12)
 
 
 def test_non_finite_inner_gradient_skips_inner_step():

@@ -4,6 +4,7 @@
     python benchmarks/adaptation_study.py --docs          # everything below (make adaptation-study)
     python benchmarks/adaptation_study.py --stage core    # only the core rows x 5 seeds
     python benchmarks/adaptation_study.py --stage teacher # the teacher-student rows x 5 seeds (after the sweep)
+    python benchmarks/adaptation_study.py --stage swda    # SWDA and SWDA + MetaAlign x 5 seeds (after the sweep)
     python benchmarks/adaptation_study.py --summary-only  # rebuild the table from the result JSONs
 
 Protocol (every number is produced by the project's own tools, one process per run):
@@ -88,6 +89,10 @@ ROWS = {
                       "mean teacher + DA joint alignment"),
     "teacher_metaalign_fo": ("teacher_metaalign_R18_FPN.yaml", ["TEACHER.BURN_IN_ITERS", "0"],
                              "mean teacher + MetaAlign 1st order, alternate, chosen α"),
+    # Strong-Weak alignment (SWDA heads instead of DA-Faster's), alone and inside MetaAlign as its authors ran
+    # it (first order, alternate, their fast-weight layers), at the α the dev split chose for MetaAlign
+    "swda": ("swda_R18_FPN.yaml", [], "SWDA (local + global, context vectors)"),
+    "metaalign_swda_fo": ("metaalign_swda_R18_FPN.yaml", [], "SWDA + MetaAlign 1st order, alternate, chosen α"),
 }
 # The dev-split search over the alignment strength (DA joint, sweep seeds): the gradient-reversal weight of both
 # discriminators (how hard the features are pushed; the discriminators themselves learn at full rate) and the
@@ -102,7 +107,7 @@ for _name, (_ov, _label) in SEARCH.items():
     ROWS[_name] = ("da_joint_R18_FPN.yaml", _ov, f"DA joint, {_label}")
     ROWS["metaalign_fo_" + _name[len("da_joint_"):]] = (
         "metaalign_R18_FPN.yaml", _ov, f"MetaAlign 1st order, alternate, chosen α, {_label}")
-FOLLOW_ALPHA = ("metaalign_fo_align_first", "metaalign_so", "teacher_metaalign_fo") + tuple(
+FOLLOW_ALPHA = ("metaalign_fo_align_first", "metaalign_so", "teacher_metaalign_fo", "metaalign_swda_fo") + tuple(
     "metaalign_fo_" + n[len("da_joint_"):] for n in SEARCH)
 TEACHER_ROWS = ("fair_source_only", "teacher", "teacher_align", "teacher_metaalign_fo")
 FAIR_ABLATION = ("fair_aug_only", "fair_ema_only")
@@ -110,6 +115,9 @@ EMA_ROWS = TEACHER_ROWS + ("fair_ema_only",)  # evaluated (and PAD-measured) thr
 # (x, y) pairs whose paired difference the summary lists: what the teacher, alignment and MetaAlign each add
 TEACHER_PAIRS = (("teacher", "fair_source_only"), ("teacher_align", "teacher"),
                  ("teacher_metaalign_fo", "teacher"), ("teacher_metaalign_fo", "teacher_align"))
+SWDA_ROWS = ("swda", "metaalign_swda_fo")
+# what SWDA's heads change against DA-Faster's, and what MetaAlign adds to each
+SWDA_PAIRS = (("swda", "source_only"), ("swda", "da_joint"), ("metaalign_swda_fo", "swda"))
 CORE = ("source_only", "da_joint", "oracle")  # + the MetaAlign first-order row at the chosen α
 _print_lock = threading.Lock()
 
@@ -495,12 +503,13 @@ def summarize(study, recs):
                   "trained on):", "",
                   "| method | pseudo-labels / image | precision | recall | teacher-student agreement |",
                   "|---|---|---|---|---|"] + teacher_lines
-    teacher_pairs = [(x, y, d) for x, y in TEACHER_PAIRS
+    teacher_pairs = [(x, y, d) for x, y in TEACHER_PAIRS + SWDA_PAIRS
                      if _shown(recs, x, len(a.seeds)) and _shown(recs, y, len(a.seeds))
                      and (d := paired_difference(test[x], test[y])) is not None]
     if teacher_pairs:
         # what each ingredient adds on top of the previous one, on the seeds both rows share
-        lines += ["", "Paired differences among the teacher rows (target test AP50, x − y on the seeds both have; "
+        which = "teacher and SWDA rows" if any(x in SWDA_ROWS for x, _, _ in teacher_pairs) else "teacher rows"
+        lines += ["", f"Paired differences among the {which} (target test AP50, x − y on the seeds both have; "
                   "how often x wins):", "",
                   "| x | y | seeds | Δ (x − y) | x better on |", "|---|---|---|---|---|"]
         lines += [f"| {ROWS[x][2]} | {ROWS[y][2]} | {len(d['seeds'])} | {_diff(d)} "
@@ -533,7 +542,7 @@ def summarize(study, recs):
 
 ROW_ORDER = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x in ALPHAS] + \
     ["metaalign_fo_align_first", "metaalign_so"] + list(FAIR_ABLATION) + list(TEACHER_ROWS) + \
-    [r for n in SEARCH for r in (n, "metaalign_fo_" + n[len("da_joint_"):])] + ["oracle"]
+    [r for n in SEARCH for r in (n, "metaalign_fo_" + n[len("da_joint_"):])] + list(SWDA_ROWS) + ["oracle"]
 
 
 SHORT_LABELS = {
@@ -545,6 +554,7 @@ SHORT_LABELS = {
     "fair_aug_only": "SO + strong aug", "fair_ema_only": "SO + EMA",
     "fair_source_only": "fair source-only", "teacher": "mean teacher", "teacher_align": "teacher + DA joint",
     "teacher_metaalign_fo": "teacher + MetaAlign 1st",
+    "swda": "SWDA", "metaalign_swda_fo": "SWDA + MetaAlign 1st",
 }
 
 
@@ -595,7 +605,8 @@ def plot_study(recs, png, split=TEST, n_seeds=5):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", choices=["all", "base", "sweep", "core", "extra", "search", "teacher"], default="all")
+    p.add_argument("--stage", choices=["all", "base", "sweep", "core", "extra", "search", "teacher", "swda"],
+                   default="all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="core rows' seeds")
     p.add_argument("--sweep-seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="seeds of the α sweep and of the extra rows")
@@ -644,6 +655,8 @@ def main():
                     study.run_all([(r, s) for s in args.seeds for r in follow])
             if args.stage in ("all", "teacher"):  # needs the sweep's α (teacher + MetaAlign)
                 study.run_all([(r, s) for s in args.seeds for r in TEACHER_ROWS])  # seed-major
+            if args.stage in ("all", "swda"):  # needs the sweep's α (SWDA + MetaAlign)
+                study.run_all([(r, s) for s in args.seeds for r in SWDA_ROWS])
     recs = study.load()
     table, _ = summarize(study, recs)
     print("\n" + table + f"\n\n(this invocation: {(time.perf_counter() - t0) / 60:.1f} min)")

@@ -250,6 +250,8 @@ def _load_coco_json_checked(name: str, json_file: str, image_root: str):
 def register_coco_json(specs: Iterable[str]) -> List[str]:
     """Register ``NAME=JSON:IMAGE_ROOT`` datasets the way detectron2's ``register_coco_instances`` does (its
     loader and metadata), with a bad JSON file reported as one line naming it."""
+    from .data.catalog import unregistered_dataset
+
     names = []
     for spec in specs:
         name, sep, rest = spec.partition("=")
@@ -258,7 +260,7 @@ def register_coco_json(specs: Iterable[str]) -> List[str]:
             raise ToolError(f"--coco-json {spec!r}: expected NAME=JSON:IMAGE_ROOT")
         if not os.path.isfile(json_file):
             raise ToolError(f"--coco-json {spec!r}: JSON file {json_file} not found")
-        if name in DatasetCatalog.list():
+        if unregistered_dataset([name]) is None:
             raise ToolError(f"--coco-json {spec!r}: dataset name '{name}' is already registered")
         DatasetCatalog.register(name, lambda n=name, j=json_file, r=image_root: _load_coco_json_checked(n, j, r))
         MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
@@ -268,7 +270,7 @@ def register_coco_json(specs: Iterable[str]) -> List[str]:
 
 def check_datasets(names: Sequence[str]) -> None:
     """Every name must be registered; else one line with the closest registered names."""
-    from .data.paired_loader import unregistered_dataset
+    from .data.catalog import unregistered_dataset
 
     missing = unregistered_dataset(names)
     if missing:

@@ -153,9 +153,13 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default=os.path.join(ROOT, "output", "demo"))
+    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1),
+                   help="torch threads of each training run (default: all CPUs)")
     args = p.parse_args(argv)
     if args.base_iters < 1 or args.iters < 1:
         p.error("--base-iters and --iters must be >= 1")
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
     t_start = time.perf_counter()
 
     # 1. the pair (generated once, in this process: it is the only thing both trainings share besides the base)
@@ -170,7 +174,7 @@ def main(argv=None):
         DatasetCatalog.get(name)
     print(f"[demo] data ready ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
-    threads = max(1, os.cpu_count() or 1)
+    threads = args.threads
     tests = f"('{TARGET_VAL}', '{SOURCE_VAL}')"
     # 2. the shared start: a source-only base detector (constant lr after warm-up)
     base_dir = os.path.join(args.output_dir, "base")

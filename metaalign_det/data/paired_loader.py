@@ -26,7 +26,6 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
-    DatasetCatalog,
     DatasetMapper,
     MetadataCatalog,
     build_detection_train_loader,
@@ -37,6 +36,7 @@ from detectron2.utils import comm
 from torch.utils.data import Sampler
 
 from ..config import alignment_heads_enabled
+from .catalog import unregistered_dataset
 from .mapper import SafeImageMapper
 
 __all__ = [
@@ -87,20 +87,6 @@ class ResumableTrainingSampler(Sampler):
 
     def __iter__(self) -> Iterator[int]:
         yield from itertools.islice(self.indices(), self.skip + self.rank, None, self.world_size)
-
-
-def unregistered_dataset(names: Sequence[str]) -> Optional[Tuple[str, List[str]]]:
-    """The first of ``names`` that is not in ``DatasetCatalog``, with the closest registered names (by spelling;
-    else those with the same first word), or None. The one "is this dataset registered?" check of the package."""
-    import difflib
-
-    registered = DatasetCatalog.list()
-    for n in names:
-        if n not in registered:
-            close = difflib.get_close_matches(str(n), registered, n=3, cutoff=0.6) or \
-                sorted(r for r in registered if r.split("_")[0] == str(n).split("_")[0])[:8]
-            return str(n), close
-    return None
 
 
 def check_dataset_names(key: str, names: Sequence[str], allow_empty: bool = False) -> None:

@@ -52,6 +52,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .catalog import is_registered
 from .datasets.image_files import IMAGE_EXTENSIONS, load_image_folder
 
 __all__ = [
@@ -204,7 +205,7 @@ def _check_extensions(value, where):
 
 
 def _check_registered_classes(dataset, classes, class_map, where, allow_unlabelled=False):
-    if dataset not in DatasetCatalog.list():
+    if not is_registered(dataset):
         raise ValueError(f"{where}: dataset {dataset!r} is not registered (register it first, or use a coco/voc set)")
     theirs = MetadataCatalog.get(dataset).get("thing_classes", None)
     if theirs is None:
@@ -303,7 +304,7 @@ def register_domain_pair(
             return names
         raise ValueError(f"{where}: a different domain pair {name!r} is already registered "
                          f"(from {_PAIRS[name]['origin']}); give this one another name")
-    taken = [n for n in names.values() if n in DatasetCatalog.list()]
+    taken = [n for n in names.values() if is_registered(n)]
     if taken:
         raise ValueError(f"{where}: dataset names {taken} are already registered by something else; rename the pair")
     for role in names:
@@ -327,7 +328,7 @@ def unregister_domain_pair(name: str) -> None:
     if _PAIRS.pop(name, None) is None:
         return
     for ds in pair_dataset_names(name).values():
-        if ds in DatasetCatalog.list():
+        if is_registered(ds):
             DatasetCatalog.remove(ds)
             MetadataCatalog.remove(ds)
 

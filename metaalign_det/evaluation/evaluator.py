@@ -17,6 +17,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..data.catalog import unregistered_dataset
 from ..options import EvalOptions
 from ..utils.io import atomic_write_json
 from .ap import METRIC_SPECS, METRICS, APResult, compute_ap
@@ -76,7 +77,7 @@ class DetectionAPEvaluator(DatasetEvaluator):
             raise ValueError(f"DetectionAPEvaluator: metric must be one of {', '.join(METRICS)}; got {metric!r}")
         if not 0.0 < float(iou) <= 1.0:
             raise ValueError(f"DetectionAPEvaluator: iou must be in (0, 1], got {iou}")
-        if dataset_name not in DatasetCatalog.list():
+        if unregistered_dataset([dataset_name]) is not None:
             raise KeyError(f"DetectionAPEvaluator: dataset '{dataset_name}' is not registered in DatasetCatalog")
         classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
         if not classes:  # register_coco_instances fills the metadata only once the dataset is loaded

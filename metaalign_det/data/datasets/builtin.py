@@ -22,6 +22,7 @@ from typing import Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..catalog import is_registered
 from .cityscapes_foggy import CITYSCAPES_THING_CLASSES, FOGGY_BETAS, load_cityscapes_detection
 from .sim10k import load_sim10k_car
 from .synthetic import load_synthetic
@@ -70,7 +71,7 @@ def datasets_root() -> str:
 
 
 def _register(name, loader, metadata, overwrite):
-    if name in DatasetCatalog.list():
+    if is_registered(name):
         if not overwrite:
             raise ValueError(f"dataset {name!r} is already registered (pass overwrite=True to re-bind it)")
         DatasetCatalog.remove(name)

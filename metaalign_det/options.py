@@ -47,7 +47,7 @@ def _int(value: Any, key: str) -> int:
 
 def _choice(value: Any, allowed, key: str) -> str:
     if value not in allowed:
-        raise ValueError(f"{key} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+        raise ValueError(f"{key} must be one of {', '.join(str(a) for a in allowed)}, got {value!r}")
     return value
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """`make demo` on several seeds: does its one-seed direction agree with the multi-seed study?
 
-Runs ``tools/demo.py --method M --seed s`` for each seed (its own output folder, so each seed trains its own
-base detector as the demo does), reads the two detectors' target-val AP50 from their result files and writes
+Runs ``tools/demo.py --method M --seed s`` for each seed (its own output folder; one base detector, trained by
+the first seed, shared by every seed: the demo and the study start every seed from one base), reads the two
+detectors' target-val AP50 from their result files and writes
 
     benchmarks/results/demo_seeds_<method>.json   {"seeds": {s: {"baseline", "adapted", "delta", "seconds"}}, ...}
 
@@ -48,7 +49,8 @@ def run_seed(method, seed, out_root, threads, extra):
             return seed, json.load(f)
     os.makedirs(out, exist_ok=True)
     cmd = [sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--method", method, "--seed", str(seed),
-           "--output-dir", out, "--threads", str(threads)] + list(extra)
+           "--output-dir", out, "--threads", str(threads), "--base-dir", os.path.join(out_root, "base")
+           ] + list(extra)
     t0 = time.perf_counter()
     with open(os.path.join(out, "demo.log"), "a") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
@@ -77,8 +79,11 @@ def main(argv=None):
         p.error("--jobs must be >= 1")
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     out_root = os.path.join(args.output_dir, args.method)
+    first, rest = args.seeds[0], args.seeds[1:]
+    # the first seed alone, with every thread (it also trains the shared base), then the rest J at a time
+    results = dict([run_seed(args.method, first, out_root, max(1, os.cpu_count() or 1), extra)])
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = dict(pool.map(lambda s: run_seed(args.method, s, out_root, threads, extra), args.seeds))
+        results.update(pool.map(lambda s: run_seed(args.method, s, out_root, threads, extra), rest))
     d = paired_difference({s: r["adapted"] for s, r in results.items()},
                           {s: r["baseline"] for s, r in results.items()})
     summary = {"method": args.method, "split": TARGET_VAL, "demo_args": extra, "jobs": args.jobs,

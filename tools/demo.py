@@ -2,7 +2,8 @@
 """`make demo`: what domain adaptation buys, on the generated demo pair, on a CPU in minutes.
 
 1. generates the synthetic clear -> foggy pair on first use (seeded, ~15 s; reused afterwards);
-2. trains a source-only R18-FPN *base* detector on the labelled clear images (--base-iters);
+2. trains a source-only R18-FPN *base* detector on the labelled clear images (--base-iters, --base-seed: like
+   the multi-seed study, every --seed starts from this one base);
 3. from that same base, trains two detectors for the same --iters iterations with the same seed (same source
    images in the same order): a baseline and the adapted one (--method). The default is the mean teacher
    (the base is its burn-in) against the *fair* source-only baseline (the same strong augmentation and EMA,
@@ -151,7 +152,13 @@ def main(argv=None):
     p.add_argument("--method", choices=list(METHODS), default="teacher")
     p.add_argument("--base-iters", type=int, default=500)
     p.add_argument("--iters", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the two runs from the base (their data order, ROI sampling, augmentation)")
+    p.add_argument("--base-seed", type=int, default=0,
+                   help="seed of the base detector: like the multi-seed study, every --seed starts from one base")
+    p.add_argument("--base-dir", default=None,
+                   help="where the base detector is trained or found (default OUTPUT_DIR/base); share it between "
+                        "seeds to train it once")
     p.add_argument("--output-dir", default=os.path.join(ROOT, "output", "demo"))
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1),
                    help="torch threads of each training run (default: all CPUs)")
@@ -177,7 +184,7 @@ def main(argv=None):
     threads = args.threads
     tests = f"('{TARGET_VAL}', '{SOURCE_VAL}')"
     # 2. the shared start: a source-only base detector (constant lr after warm-up)
-    base_dir = os.path.join(args.output_dir, "base")
+    base_dir = args.base_dir or os.path.join(args.output_dir, "base")
     base_w = os.path.join(base_dir, "model_final.pth")
     if not os.path.exists(base_w):
         print(f"[demo] training the source-only base detector: {args.base_iters} iterations from random init "
@@ -185,7 +192,7 @@ def main(argv=None):
         s = _train(os.path.join(DEMO, "source_only_R18_FPN.yaml"), base_dir,
                    ["SOLVER.MAX_ITER", str(args.base_iters), "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS",
                     str(max(1, args.base_iters // 10)), "SOLVER.CHECKPOINT_PERIOD", str(args.base_iters),
-                    "DATASETS.TEST", "()", "SEED", str(args.seed)], threads, "base", args.base_iters)
+                    "DATASETS.TEST", "()", "SEED", str(args.base_seed)], threads, "base", args.base_iters)
         print(f"[demo] base done ({_fmt_time(s)})", flush=True)
 
     # 3. two detectors from the same base, the same schedule and seed (same source data order)
@@ -209,7 +216,7 @@ def main(argv=None):
     so_s, ad_s = (_ap(runs[k][1], SOURCE_VAL)[0] for k in runs)
     width = max(len(label), len(base_label))
     print(f"\nAP50 (coco101) on {TARGET_VAL} (target domain) — both from the same base detector, "
-          f"{args.iters} more iterations, seed {args.seed}")
+          f"{args.iters} more iterations, seed {args.seed} (base seed {args.base_seed})")
     print(f"| {'class':<8} | {base_label:>{width}} | {label:>{width}} | {'Δ':>6} |")
     print(f"|{'-' * 10}|{'-' * (width + 2)}|{'-' * (width + 2)}|{'-' * 8}|")
     for c in so_c:

@@ -38,10 +38,15 @@ def reported_error(error: BaseException) -> Optional[BaseException]:
     else None (a bug: it keeps its traceback)."""
     if isinstance(error, REPORTED_ERRORS):
         return error
+    return in_context_chain(error, CheckpointWriteError)
+
+
+def in_context_chain(error: Optional[BaseException], types) -> Optional[BaseException]:
+    """The first exception of ``types`` in ``error``'s ``__context__`` chain (``error`` included), or None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, CheckpointWriteError):
+        if isinstance(error, types):
             return error
         error = error.__context__
     return None

@@ -332,8 +332,7 @@ class MetaAlignAMPTrainer(MetaAlignSimpleTrainer, AMPTrainer):
         # would read it to the host (a device sync) twice per step
         if not self.grad_scaler.is_enabled():
             return 1.0
-        device = next(iter(self.params.values())).device
-        return self.grad_scaler.scale(torch.ones((), dtype=torch.float32, device=device))
+        return self.grad_scaler.scale(torch.ones((), dtype=torch.float32, device=self.device))
 
     def check_finite(self, stats: Dict[str, Any], losses: Dict[str, torch.Tensor],
                      check_grads: bool = True) -> None:

@@ -30,7 +30,7 @@ from ..options import EvalOptions
 from .checkpoint import AtomicDetectionCheckpointer, unreadable_resume_message
 from .distributed import broadcast_module_
 from .printer import TrainingMetricPrinter
-from .setup import FILE_ONLY
+from .setup import FILE_ONLY, in_context_chain
 from .teacher import build_teacher_step_trainer, check_teacher_config, uses_teacher_step
 from .train_loop import MetaAlignAMPTrainer, MetaAlignSimpleTrainer, MetaAlignStepOptions
 
@@ -117,13 +117,7 @@ def check_num_gpus(num_gpus: int) -> None:
 
 def _caused_by_interrupt(error: BaseException) -> bool:
     """Whether a KeyboardInterrupt is in ``error``'s context chain."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        error = error.__context__
-    return False
+    return in_context_chain(error, KeyboardInterrupt) is not None
 
 
 class TrainingInterrupted(KeyboardInterrupt):

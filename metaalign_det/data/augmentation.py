@@ -10,23 +10,49 @@
   moves nothing), so the strong view has the weak view's geometry: boxes predicted on the weak view (the
   teacher's pseudo-labels) are valid on the strong view as they are.
 
+Where: the strong view is built in the data loader (in its worker processes when DATALOADER.NUM_WORKERS > 0),
+by :class:`StrongViewMapper` around the domain's mapper, and travels in the batch as ``"image_strong"`` next
+to the weak ``"image"``; the training step only picks it up (engine/teacher.py).
+
 Seeding: every random draw of the strong view comes from a ``torch.Generator`` seeded by :func:`view_seed`
-(run seed, iteration, the image's index in the global batch, source/target stream). It is independent of the
-global RNG, of data-loader workers and of how the global batch is split over processes, so a resumed run and
-a run on several processes draw the same strong views as an uninterrupted single-process run.
+(seed base, iteration, the image's index in the global batch, source/target stream). The loader knows each
+record's *stream position* ``k`` -- its place in the domain's global sampler stream (data/paired_loader.py) --
+and the iteration and batch index are ``divmod(k, global batch size)``: exactly the image's step and place in
+the global batch (index = local index x world size + rank) whenever batches are formed in stream order
+(DATALOADER.NUM_WORKERS 0, and aspect-ratio grouping off or all images of one orientation). Otherwise -- worker
+processes interleaving their shares of the stream, mixed orientations grouped into batches -- the seed still
+belongs to the image's place in the stream, whichever batch the image lands in. Either way it is independent
+of the global RNG and of how the global batch is split over processes, so a resumed run and a run on several
+processes draw the same strong views of the same images as an uninterrupted single-process run. The seed
+base is the paired loader's source seed (``cfg.SEED`` when it is >= 0, else a shared random draw that
+checkpoints keep).
 """
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision.transforms.functional as TF
 from detectron2.data import DatasetMapper
 
-__all__ = ["StrongAugmentation", "TargetViewMapper", "build_target_view_mapper", "strong_views", "view_seed"]
+__all__ = [
+    "STREAM_POSITION",
+    "STRONG_IMAGE",
+    "StrongAugmentation",
+    "StrongViewMapper",
+    "TargetViewMapper",
+    "add_strong_views",
+    "build_target_view_mapper",
+    "strong_view_mapper",
+    "view_seed",
+]
 
 _SEED_MOD = 2**63 - 1
 # stream ids of view_seed
 SOURCE_STREAM, TARGET_STREAM = 0, 1
+# keys of a record / mapped dict: the record's place in its domain's global sampler stream (set by the paired
+# loader), and the strong view of the mapped image (set by StrongViewMapper)
+STREAM_POSITION = "stream_position"
+STRONG_IMAGE = "image_strong"
 
 
 def view_seed(seed_base: int, iteration: int, index: int, stream: int) -> int:
@@ -230,6 +256,72 @@ def build_target_view_mapper(cfg) -> Optional[TargetViewMapper]:
     return TargetViewMapper(cfg, True)
 
 
-def strong_views(images: Sequence[torch.Tensor], aug: StrongAugmentation, seeds: Sequence[int]):
-    """Strong views of several images, one seed each (list of tensors)."""
-    return [aug.seeded(img, s) for img, s in zip(images, seeds)]
+class StrongViewMapper:
+    """A training mapper that also builds the strong view of the image it mapped (in the loader's workers).
+
+    ``mapper(record)`` as it is, plus ``out["image_strong"] = aug.seeded(out["image"], view_seed(seed_base, it,
+    index, stream))`` with ``it, index = divmod(record["stream_position"], batch_size)`` -- see the module
+    docstring for why that is the image's iteration and place in the global batch. Records of iterations
+    before ``first_iteration`` (a teacher's burn-in, which does not use target views) get no strong view.
+
+    Args:
+        mapper: the domain's mapper (record -> dict with a (3, H, W) ``"image"``), e.g. detectron2's
+            ``DatasetMapper`` or a :class:`TargetViewMapper`.
+        aug: the strong pipeline.
+        seed_base: the run's view seed base (the paired loader's source seed).
+        batch_size: the domain's *global* batch size (SOLVER.IMS_PER_BATCH or SOLVER.TARGET_IMS_PER_BATCH).
+        stream: SOURCE_STREAM or TARGET_STREAM.
+        first_iteration: the first iteration whose images need a strong view.
+    """
+
+    def __init__(self, mapper: Callable[[dict], Any], aug: StrongAugmentation, seed_base: int, batch_size: int,
+                 stream: int, first_iteration: int = 0) -> None:
+        if int(batch_size) <= 0:
+            raise ValueError(f"StrongViewMapper: batch_size must be > 0, got {batch_size}")
+        if stream not in (SOURCE_STREAM, TARGET_STREAM):
+            raise ValueError(f"StrongViewMapper: stream must be {SOURCE_STREAM} (source) or {TARGET_STREAM} "
+                             f"(target), got {stream!r}")
+        self.mapper, self.aug = mapper, aug
+        self.seed_base, self.batch_size = int(seed_base), int(batch_size)
+        self.stream, self.first_iteration = stream, int(first_iteration)
+
+    def __call__(self, record: dict) -> Any:
+        if STREAM_POSITION not in record:
+            raise ValueError(f"StrongViewMapper: record {record.get('file_name', '<no file_name>')!r} has no "
+                             f"{STREAM_POSITION!r}: strong views need the paired loader's positioned stream "
+                             f"(data/paired_loader.py)")
+        iteration, index = divmod(int(record[STREAM_POSITION]), self.batch_size)
+        out = self.mapper(record)
+        if out is not None and iteration >= self.first_iteration:
+            out[STRONG_IMAGE] = self.aug.seeded(out["image"], view_seed(self.seed_base, iteration, index,
+                                                                        self.stream))
+        return out
+
+    def __repr__(self):
+        return (f"StrongViewMapper({self.mapper!r}, stream={self.stream}, batch_size={self.batch_size}, "
+                f"first_iteration={self.first_iteration})")
+
+
+def strong_view_mapper(cfg, mapper: Callable[[dict], Any], stream: int, seed_base: int) -> Callable[[dict], Any]:
+    """``mapper`` wrapped in a :class:`StrongViewMapper` when ``cfg`` trains on strong views of this stream
+    (source: INPUT.STRONG_AUG.SOURCE "strong" or "both"; target: INPUT.STRONG_AUG.TARGET with
+    TEACHER.ENABLED, from the end of TEACHER.BURN_IN_ITERS), else ``mapper`` itself."""
+    s = cfg.INPUT.STRONG_AUG
+    if stream == SOURCE_STREAM:
+        wanted, batch, first = s.SOURCE != "weak", cfg.SOLVER.IMS_PER_BATCH, 0
+    else:
+        wanted = bool(s.TARGET) and bool(cfg.TEACHER.ENABLED)
+        batch, first = cfg.SOLVER.TARGET_IMS_PER_BATCH, int(cfg.TEACHER.BURN_IN_ITERS)
+    if not wanted:
+        return mapper
+    return StrongViewMapper(mapper, StrongAugmentation.from_config(cfg), seed_base, batch, stream, first)
+
+
+def add_strong_views(batch: Sequence[dict], aug: StrongAugmentation, seed_base: int, iteration: int, stream: int,
+                     world_size: int = 1, rank: int = 0) -> List[dict]:
+    """What :class:`StrongViewMapper` adds, for a batch built by hand (no paired loader): copies of the dicts
+    with ``"image_strong"``, image ``i`` of this process being image ``i * world_size + rank`` of the step's
+    global batch."""
+    return [dict(d, **{STRONG_IMAGE: aug.seeded(d["image"], view_seed(seed_base, iteration, i * world_size + rank,
+                                                                        stream))})
+            for i, d in enumerate(batch)]

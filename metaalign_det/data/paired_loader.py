@@ -14,6 +14,11 @@ samplers skip the indices already consumed (``start_iter`` x global batch), so a
 same stream as an uninterrupted one (exactly so with NUM_WORKERS = 0 and without aspect-ratio grouping or
 with images of one aspect ratio; with grouping the batches are re-formed from the same index stream).
 
+Stream positions: each domain's sampler stream is handed to detectron2's loader as ``(position, index)``
+pairs (:class:`PositionedSampler`), and the record of ``index`` reaches the mapper with ``"stream_position"``
+set to ``position`` -- the record's place in the domain's *global* stream (all processes). The strong views of
+teacher-student training are seeded by it (data/augmentation.py), in the loader's workers.
+
 Host->GPU transfer: on a CUDA device the loader puts each batch's images in page-locked (pinned) memory, and
 the trainer moves a whole batch to the device once per step with :func:`batch_to_device` (non-blocking
 copies), instead of the model copying the images again -- blocking, from pageable memory -- in every
@@ -31,16 +36,20 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
+from detectron2.data.common import DatasetFromList
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 from ..config import alignment_heads_enabled
+from .augmentation import SOURCE_STREAM, STREAM_POSITION, STRONG_IMAGE, TARGET_STREAM, strong_view_mapper
 from .catalog import unregistered_dataset
 from .mapper import SafeImageMapper
 
 __all__ = [
     "PairedDataLoader",
+    "PositionedRecords",
+    "PositionedSampler",
     "batch_to_device",
     "pin_batch",
     "ResumableTrainingSampler",
@@ -87,6 +96,41 @@ class ResumableTrainingSampler(Sampler):
 
     def __iter__(self) -> Iterator[int]:
         yield from itertools.islice(self.indices(), self.skip + self.rank, None, self.world_size)
+
+
+class PositionedSampler(Sampler):
+    """``(stream position, index)`` for every index this process's :class:`ResumableTrainingSampler` yields:
+    the position is the index's place in the global stream (from ``skip + rank``, every ``world_size``-th)."""
+
+    def __init__(self, sampler: ResumableTrainingSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        s = self.sampler
+        return zip(itertools.count(s.skip + s.rank, s.world_size), iter(s))
+
+
+class PositionedRecords(Dataset):
+    """Map-style dataset over ``(stream position, index)`` keys: ``mapper(record index with "stream_position")``.
+
+    The records are kept serialized as detectron2's ``DatasetFromList`` keeps them (workers share them without
+    copies); every access gets a fresh copy of the record, so the mapper may change it.
+    """
+
+    def __init__(self, records: Sequence[dict], mapper: Callable[[dict], dict]) -> None:
+        self._records = DatasetFromList(list(records), copy=False, serialize=True)
+        self.mapper = mapper
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, key: Tuple[int, int]) -> dict:
+        position, index = key
+        out = self.mapper({**self._records[index], STREAM_POSITION: int(position)})
+        if out is None:  # detectron2's "skip this record" -- a skipped record would shift every later batch
+            raise ValueError(f"the training mapper returned None for {self._records[index].get('file_name')!r}; "
+                             f"the paired loader needs a mapped record for every sampled one")
+        return out
 
 
 def check_dataset_names(key: str, names: Sequence[str], allow_empty: bool = False) -> None:
@@ -173,12 +217,15 @@ def labelled_source_dicts(cfg: CfgNode) -> List[dict]:
     return labelled
 
 
-def _domain_loader(cfg, dataset_dicts, total_batch_size, seed, skip, mapper):
+def _domain_loader(cfg, dataset_dicts, total_batch_size, seed, skip, mapper, stream, view_seed_base):
     sampler = ResumableTrainingSampler(len(dataset_dicts), shuffle=True, seed=seed, skip=skip)
+    # an unreadable image: named, replaced by another of the same domain; then the strong view, if any, of
+    # whatever was mapped (seeded by the sampled record's stream position)
+    mapper = strong_view_mapper(cfg, SafeImageMapper(mapper, fallback=dataset_dicts), stream, view_seed_base)
     loader = build_detection_train_loader(
-        dataset=dataset_dicts,
-        mapper=SafeImageMapper(mapper, fallback=dataset_dicts),  # an unreadable image: named, replaced (same domain)
-        sampler=sampler,
+        dataset=PositionedRecords(dataset_dicts, mapper),
+        mapper=None,
+        sampler=PositionedSampler(sampler),
         total_batch_size=total_batch_size,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -186,17 +233,19 @@ def _domain_loader(cfg, dataset_dicts, total_batch_size, seed, skip, mapper):
     return loader, sampler.seed
 
 
+_IMAGE_KEYS = ("image", STRONG_IMAGE)
+
+
 def pin_batch(batch: Optional[List[dict]]) -> Optional[List[dict]]:
-    """The batch (list of detectron2 input dicts) with each ``"image"`` tensor in page-locked memory (a
-    copy; needs CUDA), so that :func:`batch_to_device` can copy it asynchronously. None stays None."""
+    """The batch (list of detectron2 input dicts) with each image tensor (``"image"``, and ``"image_strong"``
+    where the loader built one) in page-locked memory (a copy; needs CUDA), so that :func:`batch_to_device`
+    can copy it asynchronously. None stays None."""
     if batch is None:
         return None
     out = []
     for d in batch:
-        image = d.get("image")
-        if torch.is_tensor(image) and not image.is_pinned():
-            d = {**d, "image": image.pin_memory()}
-        out.append(d)
+        pinned = {k: d[k].pin_memory() for k in _IMAGE_KEYS if torch.is_tensor(d.get(k)) and not d[k].is_pinned()}
+        out.append({**d, **pinned} if pinned else d)
     return out
 
 
@@ -295,9 +344,11 @@ def build_paired_train_loader(
         seeds = {"source": int(base), "target": int(base) + 1}
 
     source_dicts = labelled_source_dicts(cfg)
+    # the source sampler's seed is also the strong views' seed base (data/augmentation.py)
+    s_seed = int(seeds["source"]) if seeds.get("source") is not None else comm.shared_random_seed()
     source, s_seed = _domain_loader(
-        cfg, source_dicts, cfg.SOLVER.IMS_PER_BATCH, seeds["source"],
-        start_iter * cfg.SOLVER.IMS_PER_BATCH, mapper,
+        cfg, source_dicts, cfg.SOLVER.IMS_PER_BATCH, s_seed,
+        start_iter * cfg.SOLVER.IMS_PER_BATCH, mapper, SOURCE_STREAM, s_seed,
     )
     target, t_seed = None, None
     if cfg.DATASETS.TRAIN_TARGET:
@@ -308,6 +359,7 @@ def build_paired_train_loader(
         target, t_seed = _domain_loader(
             cfg, target_dicts, cfg.SOLVER.TARGET_IMS_PER_BATCH, seeds["target"],
             start_iter * cfg.SOLVER.TARGET_IMS_PER_BATCH, target_mapper if target_mapper is not None else mapper,
+            TARGET_STREAM, s_seed,
         )
         logger.info(
             "Paired loader: %d source images (%s), %d target images (%s, labels stripped)",

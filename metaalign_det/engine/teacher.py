@@ -40,10 +40,8 @@ import logging
 from typing import List, Optional
 
 import torch
-from detectron2.utils import comm
 
-from ..data.augmentation import SOURCE_STREAM, TARGET_STREAM, view_seed
-from .distributed import world_size
+from ..data.augmentation import SOURCE_STREAM, STRONG_IMAGE, TARGET_STREAM
 from .ema import ModelEMA
 from .pseudo_label_monitor import PseudoLabelMonitor, TargetLabelIndex, count_matches
 from .pseudo_labels import PSEUDO_LOSS_PREFIX, PseudoLabelLoss, PseudoLabelLossEvaluator, pseudo_label, pseudo_loss_name
@@ -89,11 +87,15 @@ class TeacherStepMixin:
 
     # -- views -----------------------------------------------------------------------------------------
     def _strong_images(self, batch: List[dict], stream: int) -> List[torch.Tensor]:
-        """Strong views of a local batch; image i of rank r is image ``i * world + r`` of the global batch,
-        which is where the samplers put it, so the views do not depend on the number of processes."""
-        world, rank = world_size(), comm.get_rank()
-        return [self.tcfg.strong_aug.seeded(d["image"], view_seed(self.seed_base, self.iter, i * world + rank, stream))
-                for i, d in enumerate(batch)]
+        """The strong views of a batch: built and seeded by the data loader (data/augmentation.py,
+        ``StrongViewMapper``); a batch without them is one clear error (a loader that does not build them)."""
+        missing = [d.get("file_name", "<no file_name>") for d in batch if STRONG_IMAGE not in d]
+        if missing:
+            which = "source" if stream == SOURCE_STREAM else "target"
+            raise ValueError(f"{which} batch of iteration {self.iter}: {missing[0]!r} has no {STRONG_IMAGE!r}; the "
+                             f"strong views are built by the paired loader (data/augmentation.StrongViewMapper); a "
+                             f"loader of your own must add them (data/augmentation.add_strong_views)")
+        return [d[STRONG_IMAGE] for d in batch]
 
     def in_burn_in(self) -> bool:
         return self.tcfg.teacher and self.iter < self.tcfg.burn_in

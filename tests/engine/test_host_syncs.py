@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
-from metaalign_det.data.augmentation import StrongAugmentation
+from metaalign_det.data.augmentation import TARGET_STREAM, StrongAugmentation, add_strong_views
 from metaalign_det.engine import loss_evaluator, teacher
 from metaalign_det.engine.teacher import TeacherConfig, TeacherSimpleTrainer
 from metaalign_det.engine.train_loop import MetaAlignSimpleTrainer, MetaAlignStepOptions
@@ -149,17 +149,19 @@ def test_weight_norm_is_remembered_until_a_weight_changes():
 
 def test_the_teacher_step_reads_nothing_more_outside_the_teacher(monkeypatch):
     """Teacher-student on top of first order (engine/teacher.py). The teacher's inference and the selection of
-    its detections above the threshold (a count per image) need host reads, and the strong views draw from a
-    CPU generator: those are counted apart ("teacher"), like the model's own reads. What the teacher step adds
-    around them -- the pseudo-label losses in the detection group, the teacher/* metrics, the EMA update --
-    reads nothing: still two reads per step, three on a logging step. (The monitoring's agreement and label
-    audit, TEACHER.MONITOR_PERIOD / MONITOR_GT, also read on the host; they are off here.)"""
+    its detections above the threshold (a count per image) need host reads: those are counted apart
+    ("teacher"), like the model's own reads (the strong views come with the batch, built by the loader).
+    What the teacher step adds around them -- the pseudo-label losses in the detection group, the teacher/*
+    metrics, the EMA update -- reads nothing: still two reads per step, three on a logging step. (The
+    monitoring's agreement and label audit, TEACHER.MONITOR_PERIOD / MONITOR_GT, also read on the host; they
+    are off here.)"""
     torch.manual_seed(0)
     cfg = enable_da(tiny_fpn_cfg())
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # a random-init teacher: every image gets pseudo-labels
     cfg.TEST.DETECTIONS_PER_IMAGE = 4
     model = build_model(cfg).train()
     source, target = make_inputs(64, 96, n_source=2, n_target=2)
+    target = add_strong_views(target, StrongAugmentation(), 1, 0, TARGET_STREAM)  # what the paired loader adds
     tcfg = TeacherConfig(ema=True, ema_decay=0.5, teacher=True, score_thresh=0.0, monitor_period=0,
                          strong_target=True, strong_aug=StrongAugmentation())
     trainer = TeacherSimpleTrainer(model, _Repeat((source, target)), build_optimizer(cfg, model),

@@ -217,8 +217,8 @@ class _AuditLoader:
 
 
 def test_target_labels_never_reach_training_even_with_monitoring(tmp_path, monkeypatch):
-    """The teacher step reads only the image (teacher, student, alignment) and -- for monitoring -- the file
-    name and the recorded transform; labels fetched for monitoring change nothing in training."""
+    """The teacher step reads only the weak and strong images (teacher, alignment; student) and -- for
+    monitoring -- the file name and the recorded transform; labels fetched for monitoring change nothing in training."""
     opts = ["SOLVER.MAX_ITER", "1", "META.MODE", "first_order", "TEACHER.MONITOR_PERIOD", "1"]
     clean = train(_teacher_cfg(tmp_path, "clean", *opts, "TEACHER.MONITOR_GT", "False"))
 
@@ -228,7 +228,7 @@ def test_target_labels_never_reach_training_even_with_monitoring(tmp_path, monke
         lambda cls, cfg, start_iter=0, seeds=None: _AuditLoader(original(cls, cfg, start_iter, seeds), seen)))
     audited = train(_teacher_cfg(tmp_path, "audited", *opts, "TEACHER.MONITOR_GT", "True"))
     assert len(seen) == 2
-    assert all(d.read <= {"image", "file_name", "transforms"} for d in seen), [d.read for d in seen]
+    assert all(d.read <= {"image", "image_strong", "file_name", "transforms"} for d in seen), [d.read for d in seen]
     assert all("image" in d.read and "file_name" in d.read for d in seen)
     for name in ("model", "ema"):
         a = clean.model if name == "model" else clean.step_trainer.ema.model

@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """Check dataset trees, convert their annotations once into the COCO-JSON caches, report counts.
 
-    python tools/prepare_datasets.py                      # all: cityscapes foggy sim10k synthetic
+    python tools/prepare_datasets.py                      # all: cityscapes foggy sim10k synthetic sim2real
     python tools/prepare_datasets.py cityscapes foggy     # some
     python tools/prepare_datasets.py synthetic            # generate the demo pair (what `make demo` needs)
+    python tools/prepare_datasets.py sim2real             # generate the sim -> real pair (sim and real)
+    python tools/prepare_datasets.py sim2real --sim2real-parts all     # and the one-part real variants
+    python tools/prepare_datasets.py --preview docs/sim2real_pair.png  # only its picture (renders, writes no data)
     python tools/prepare_datasets.py --manifest my_pair.yaml          # your own domain pair (repeatable)
     python tools/prepare_datasets.py sim10k --verify-images           # also decode every image in full
     options: --root DIR (default $DETECTRON2_DATASETS or datasets/; also what ${DETECTRON2_DATASETS} means
              in a manifest), --check (report only, convert nothing), --workers N (mask / image decoding
-             processes), --rebuild (drop the caches first),
-             --make-list (Sim10k: write ImageSets/Main/trainval.txt from Annotations/*.xml when absent)
+             processes), --rebuild (drop the caches and the generated pairs first),
+             --make-list (Sim10k: write ImageSets/Main/trainval.txt from Annotations/*.xml when absent),
+             --sim2real-parts PART[,PART]|all (sim2real: also the real variants with one part alone; they are
+             otherwise generated on first use), --preview PNG (the sim -> real pair's picture: the same scenes
+             in the sim style, the real style and each part alone; given alone, only the picture)
 
 For each dataset: what is missing, and which archive it comes from; then the conversion (progress bar) and a
 table of images and boxes per registered name and class, i.e. exactly what DatasetCatalog.get returns.
@@ -51,6 +57,14 @@ from metaalign_det.data.datasets.cityscapes_foggy import (  # noqa: E402
 )
 from metaalign_det.data.datasets.coco_cache import cache_dir_for  # noqa: E402
 from metaalign_det.data.datasets.image_files import collect_unreadable_images, verify_image  # noqa: E402
+from metaalign_det.data.datasets.sim2real import (  # noqa: E402
+    ensure_sim2real,
+    preview_grid,
+    sim2real_is_current,
+    sim2real_root,
+    variant_name,
+)
+from metaalign_det.data.datasets.sim2real_render import PARTS as SIM2REAL_PARTS  # noqa: E402
 from metaalign_det.data.datasets.sim10k import SIM10K_ARCHIVES  # noqa: E402
 from metaalign_det.data.datasets.synthetic import (  # noqa: E402
     ensure_synthetic_pair,
@@ -66,7 +80,7 @@ from metaalign_det.data.pairs import (  # noqa: E402
     registered_pairs,
 )
 
-DATASETS = ("cityscapes", "foggy", "sim10k", "synthetic")
+DATASETS = ("cityscapes", "foggy", "sim10k", "synthetic", "sim2real")
 EXPECTED = {"train": 2975, "val": 500}  # Cityscapes gtFine scenes per split
 SIM10K_EXPECTED = 10000
 SIM10K_PAGE = "https://fcav.engin.umich.edu/projects/driving-in-the-matrix"
@@ -135,6 +149,44 @@ def check_sim10k(root, make_list=False):
         if n != SIM10K_EXPECTED:
             notes.append(f"{list_file}: {n} ids, the full release has {SIM10K_EXPECTED:,}")
     return problems, notes
+
+
+def sim2real_variants(parts):
+    """The sim -> real variants to prepare: sim, real, and ``real_<part>`` for each of ``parts``."""
+    return ["sim", "real"] + [f"real_{p}" for p in parts]
+
+
+def sim2real_names(variants):
+    """Registered names of ``variants``, in registration order."""
+    return [n for n, (domain, part, _) in builtin.SIM2REAL_SPLITS.items() if variant_name(domain, part) in variants]
+
+
+def parse_parts(text):
+    """``--sim2real-parts`` value -> the parts, in PARTS order; ValueError naming a bad one."""
+    if text is None:
+        return []
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if items == ["all"]:
+        return list(SIM2REAL_PARTS)
+    bad = [t for t in items if t not in SIM2REAL_PARTS]
+    if bad or not items:
+        raise ValueError(f"--sim2real-parts: {bad[0] if bad else text!r} is not a part; expected a comma-separated "
+                         f"list of {', '.join(SIM2REAL_PARTS)}, or all")
+    return [p for p in SIM2REAL_PARTS if p in items]
+
+
+def write_preview(path):
+    """Write the sim -> real pair's picture (:func:`preview_grid`) as a PNG, atomically; returns its size in bytes."""
+    import cv2
+    import numpy as np
+
+    from metaalign_det.utils.io import atomic_write_bytes
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(preview_grid()[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:  # pragma: no cover - OpenCV always has a PNG codec
+        raise OSError(f"could not encode {path}")
+    atomic_write_bytes(path, buf.tobytes())
+    return len(buf)
 
 
 def count_table(names, records=None):
@@ -322,8 +374,13 @@ def main(argv=None):
                     help="decode every image in full and list those that fail (slow: minutes for Cityscapes)")
     ap.add_argument("--workers", type=int, default=None,
                     help="processes decoding Cityscapes masks and, with --verify-images, images (default: auto)")
-    ap.add_argument("--rebuild", action="store_true", help="delete the annotation caches first")
+    ap.add_argument("--rebuild", action="store_true", help="delete the annotation caches and generated pairs first")
     ap.add_argument("--make-list", action="store_true", help="Sim10k: write trainval.txt from Annotations/ if absent")
+    ap.add_argument("--sim2real-parts", default=None, metavar="PARTS",
+                    help=f"sim2real: also the real variants with one part alone: comma-separated "
+                         f"{','.join(SIM2REAL_PARTS)}, or all")
+    ap.add_argument("--preview", default=None, metavar="PNG",
+                    help="write the sim -> real pair's picture (sim, real, each part alone) to this PNG")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     unknown = [d for d in args.datasets if d not in DATASETS + ("all",)]
@@ -331,10 +388,16 @@ def main(argv=None):
         ap.error(f"unknown dataset(s) {unknown}; choose from {', '.join(DATASETS)}, all")
     if args.verify_images and args.check:
         ap.error("--verify-images decodes what is loaded; --check loads nothing: give one of them")
+    try:
+        parts = parse_parts(args.sim2real_parts)
+    except ValueError as e:
+        ap.error(str(e))
     if not args.datasets:
-        wanted = () if args.manifest else DATASETS
+        wanted = () if args.manifest or args.preview else DATASETS
     else:
         wanted = DATASETS if "all" in args.datasets else tuple(dict.fromkeys(args.datasets))
+    if parts and "sim2real" not in wanted:
+        ap.error("--sim2real-parts prepares sim2real variants: name sim2real among the datasets (or none: all)")
     root = os.path.abspath(args.root or builtin.datasets_root())
     builtin.register_all_builtin(root, overwrite=True)
     print(f"datasets root: {root}")
@@ -344,6 +407,9 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     ok = True
+    if args.preview:
+        size = write_preview(args.preview)
+        print(f"\n== sim2real preview\n  wrote {args.preview} ({size // 1024} KB)")
     for ds in wanted:
         print(f"\n== {ds}")
         if ds in ("cityscapes", "foggy"):
@@ -364,6 +430,10 @@ def main(argv=None):
             if ds == "synthetic":
                 print("  generated, stamp up to date" if synthetic_pair_is_current(root)
                       else "  not generated yet (done on first use, or now without --check; ~15 s)")
+            elif ds == "sim2real":
+                for v in sim2real_variants(parts):
+                    print(f"  {v:<13} " + ("generated, stamp up to date" if sim2real_is_current(root, v) else
+                                           "not generated yet (done on first use, or now without --check)"))
             else:
                 print("  tree complete (not converted: --check)")
             continue
@@ -380,11 +450,17 @@ def main(argv=None):
                 if args.rebuild:
                     shutil.rmtree(cache_dir_for(os.path.join(root, "sim10k", "VOC2012")), ignore_errors=True)
                 names = list(builtin.SIM10K_SPLITS)
-            else:
+            elif ds == "synthetic":
                 if args.rebuild:
                     shutil.rmtree(synthetic_pair_dir(root), ignore_errors=True)
                 ensure_synthetic_pair(root)
                 names = list(builtin.SYNTHETIC_SPLITS)
+            else:
+                if args.rebuild:  # every variant, also the one-part ones not asked for (regenerated on use)
+                    shutil.rmtree(sim2real_root(root), ignore_errors=True)
+                for v in sim2real_variants(parts):
+                    ensure_sim2real(root, v)
+                names = sim2real_names(sim2real_variants(parts))
             records, skipped = load_sets(names)
             print_table(count_table(names, records))
         except (OSError, ValueError) as e:

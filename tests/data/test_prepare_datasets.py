@@ -7,12 +7,14 @@ import pytest
 
 import metaalign_det  # noqa: F401
 from metaalign_det.data.datasets import builtin
+from metaalign_det.data.datasets import sim2real as S2
 from metaalign_det.data.datasets import synthetic as S
 from metaalign_det.data.datasets.cityscapes_foggy import gtfine_cache_file
 
 from . import fake_trees as ft
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_SIM2REAL = dataclasses.replace(S2.DEFAULT_SIM2REAL_PARAMS, n_train=1, n_val=1, n_dev=1, n_test=1)
 
 
 @pytest.fixture
@@ -51,6 +53,7 @@ def test_partial_tree_names_each_missing_folder(tool, tmp_path, capsys):
 def test_converts_once_and_counts_per_split_and_class(tool, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(S, "DEFAULT_PARAMS",
                         dataclasses.replace(S.DEFAULT_PARAMS, n_train=2, n_val=1, n_dev=1, n_test=1))
+    monkeypatch.setattr(S2, "DEFAULT_SIM2REAL_PARAMS", TINY_SIM2REAL)
     ft.make_cityscapes(str(tmp_path))
     ft.make_sim10k(str(tmp_path))
     rc = tool.main(["--root", str(tmp_path)])
@@ -65,6 +68,8 @@ def test_converts_once_and_counts_per_split_and_class(tool, tmp_path, capsys, mo
     assert "images=2      no-object=0     car=2" in lines["cityscapes_car_val"]
     assert "images=3      no-object=1     car=3  difficult=1" in lines["sim10k_car_trainval"]
     assert "images=1 " in lines["synthetic_foggy_val"]
+    assert "images=1 " in lines["sim2real_real_dev"] and "images=1 " in lines["sim2real_sim_test"]
+    assert not any(n.startswith("sim2real_camera") for n in lines)  # one-part variants only when asked for
     assert "all requested datasets are ready" in out
 
 
@@ -88,6 +93,63 @@ def test_check_says_whether_the_demo_pair_is_generated(tool, tmp_path, capsys, m
     capsys.readouterr()
     assert tool.main(["synthetic", "--check", "--root", str(tmp_path)]) == 0
     assert "generated, stamp up to date" in capsys.readouterr().out
+
+
+def _table(out):
+    return {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "images=" in line}
+
+
+def test_sim2real_is_generated_checked_and_cleaned(tool, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(S2, "DEFAULT_SIM2REAL_PARAMS", TINY_SIM2REAL)
+    root = str(tmp_path)
+    assert tool.main(["sim2real", "--check", "--root", root]) == 0
+    out = capsys.readouterr().out
+    assert "  sim           not generated yet" in out and "  real          not generated yet" in out
+    assert not os.path.exists(tmp_path / "sim2real_pair")
+    assert tool.main(["sim2real", "--root", root]) == 0
+    lines = _table(capsys.readouterr().out)
+    assert sorted(lines) == sorted(n for n, (_, part, _) in builtin.SIM2REAL_SPLITS.items() if part is None)
+    assert "images=1 " in lines["sim2real_real_dev"] and "car=" in lines["sim2real_real_dev"]
+    assert sorted(os.listdir(tmp_path / "sim2real_pair")) == ["real", "sim"]
+    assert tool.main(["sim2real", "--root", root, "--sim2real-parts", "sensor,camera"]) == 0
+    lines = _table(capsys.readouterr().out)
+    assert "sim2real_camera_real_test" in lines and "sim2real_sensor_real_train" in lines
+    assert not any(n.startswith("sim2real_layout") for n in lines)
+    assert sorted(os.listdir(tmp_path / "sim2real_pair")) == ["real", "real_camera", "real_sensor", "sim"]
+    assert tool.main(["sim2real", "--check", "--root", root, "--sim2real-parts", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "  real_camera   generated, stamp up to date" in out and "  real_layout   not generated yet" in out
+    # a changed strength makes the variants that have the part stale; --rebuild drops every variant
+    monkeypatch.setattr(S2, "DEFAULT_SIM2REAL_PARAMS", dataclasses.replace(
+        TINY_SIM2REAL, real=dataclasses.replace(TINY_SIM2REAL.real, blur_sigma=1.0)))
+    assert tool.main(["sim2real", "--check", "--root", root, "--sim2real-parts", "camera,sensor"]) == 0
+    out = capsys.readouterr().out
+    assert "  sim           generated" in out and "  real_camera   generated" in out
+    assert "  real          not generated yet" in out and "  real_sensor   not generated yet" in out
+    assert tool.main(["sim2real", "--root", root, "--rebuild"]) == 0
+    assert sorted(os.listdir(tmp_path / "sim2real_pair")) == ["real", "sim"]
+    capsys.readouterr()
+    for bad in (["sim2real", "--sim2real-parts", "fog"], ["synthetic", "--sim2real-parts", "camera"]):
+        with pytest.raises(SystemExit) as e:  # argparse: one usage line, status 2
+            tool.main(bad + ["--root", root])
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--sim2real-parts: 'fog' is not a part; expected a comma-separated list of texture, shapes, camera, " \
+           "layout, sensor, or all" in err
+    assert "--sim2real-parts prepares sim2real variants" in err
+
+
+def test_preview_alone_writes_only_the_picture(tool, tmp_path, capsys):
+    import cv2
+
+    png = tmp_path / "pictures" / "pair.png"
+    os.makedirs(png.parent)
+    assert tool.main(["--preview", str(png), "--root", str(tmp_path / "data")]) == 0
+    assert f"wrote {png}" in capsys.readouterr().out
+    img = cv2.imread(str(png), cv2.IMREAD_COLOR)
+    scene = S2.DEFAULT_SIM2REAL_PARAMS.scene
+    assert img.shape == (7 * scene.height, 64 + 2 * scene.width, 3)
+    assert not os.path.exists(tmp_path / "data")  # nothing generated, nothing checked
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,7 +15,11 @@ Names (metadata: ``thing_classes``, ``evaluator_type``, ``protocol``, ``domain``
 * ``sim10k_car_trainval``: Sim10k, car only (source);
 * ``synthetic_{clear,foggy}_{train,val}``: the embedded demo pair (generated on first load);
   ``synthetic_foggy_dev`` (200 labelled target images for choosing hyperparameters) and
-  ``synthetic_{clear,foggy}_test`` (400 scenes, the split adaptation results are reported on).
+  ``synthetic_{clear,foggy}_test`` (400 scenes, the split adaptation results are reported on);
+* ``sim2real_sim_{train,val,test}`` and ``sim2real_real_{train,val,dev,test}``: the generated sim -> real
+  pair, car only (the analogue of Sim10k -> Cityscapes; test = the same scenes in both styles), and
+  ``sim2real_<part>_real_{train,val,dev,test}`` for each part of the real style alone (texture, shapes, camera,
+  layout, sensor; the sim source is shared); each variant generated on first load.
 """
 import os
 from typing import Optional
@@ -24,6 +28,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..catalog import is_registered
 from .cityscapes_foggy import CITYSCAPES_THING_CLASSES, FOGGY_BETAS, load_cityscapes_detection
+from .sim2real import DOMAIN_SPLITS, load_sim2real, sim2real_dir, variant_name
+from .sim2real_render import PARTS, SIM2REAL_CLASSES
 from .sim10k import load_sim10k_car
 from .synthetic import load_synthetic
 from .synthetic_render import SYNTHETIC_CLASSES
@@ -34,9 +40,11 @@ __all__ = [
     "register_all_cityscapes",
     "register_all_sim10k",
     "register_all_synthetic",
+    "register_all_sim2real",
     "CITYSCAPES_SPLITS",
     "SIM10K_SPLITS",
     "SYNTHETIC_SPLITS",
+    "SIM2REAL_SPLITS",
 ]
 
 _EVALUATOR_TYPE = "coco"  # box AP50 in pycocotools' convention (the project evaluator's default, coco101)
@@ -63,6 +71,12 @@ SYNTHETIC_SPLITS = {
 # labelled target dev split (for choosing hyperparameters) and the reported test split (clear: same scenes)
 SYNTHETIC_SPLITS.update({"synthetic_foggy_dev": ("foggy", "dev"), "synthetic_clear_test": ("clear", "test"),
                          "synthetic_foggy_test": ("foggy", "test")})
+
+# name -> (domain, part alone (None: the whole real style; always None for sim), split)
+SIM2REAL_SPLITS = {f"sim2real_{domain}_{split}": (domain, None, split)
+                   for domain in ("sim", "real") for split in DOMAIN_SPLITS[domain]}
+SIM2REAL_SPLITS.update({f"sim2real_{part}_real_{split}": ("real", part, split)
+                        for part in PARTS for split in DOMAIN_SPLITS["real"]})
 
 
 def datasets_root() -> str:
@@ -135,6 +149,31 @@ def register_all_synthetic(root: str, overwrite: bool = False) -> None:
         )
 
 
+def _sim2real_protocol(domain, part, split):
+    if domain == "sim":
+        style = "source domain: sim style (flat colours, hard edges, no noise, one camera)"
+    elif part is None:
+        style = f"target domain: real style, every part ({', '.join(PARTS)})"
+    else:
+        style = f"target domain: the real style's {part} part alone (study of one part)"
+    return f"generated sim -> real pair, {domain} {split}, car only (seeded; {style})"
+
+
+def register_all_sim2real(root: str, overwrite: bool = False) -> None:
+    for name, (domain, part, split) in SIM2REAL_SPLITS.items():
+        variant = variant_name(domain, part)
+        _register(
+            name,
+            lambda root=root, domain=domain, split=split, part=part: load_sim2real(root, domain, split, part),
+            dict(thing_classes=list(SIM2REAL_CLASSES), evaluator_type=_EVALUATOR_TYPE,
+                 protocol=_sim2real_protocol(domain, part, split),
+                 domain=f"sim2real_{domain}" if part is None else f"sim2real_{part}_real",
+                 parts=[] if domain == "sim" else ([part] if part else list(PARTS)),
+                 split=split, dataset_root=sim2real_dir(root, variant)),
+            overwrite,
+        )
+
+
 def register_all_builtin(root: Optional[str] = None, overwrite: bool = False) -> None:
     """Register every builtin name under ``root`` (default :func:`datasets_root`); reads no file.
 
@@ -145,6 +184,7 @@ def register_all_builtin(root: Optional[str] = None, overwrite: bool = False) ->
     register_all_cityscapes(root, overwrite)
     register_all_sim10k(root, overwrite)
     register_all_synthetic(root, overwrite)
+    register_all_sim2real(root, overwrite)
 
 
 if __name__.endswith(".builtin"):

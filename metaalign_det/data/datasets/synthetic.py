@@ -14,17 +14,12 @@ target images can be reproduced exactly from the clear ones (tests do).
 """
 import hashlib
 import json
-import logging
 import os
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Tuple
 
-import cv2
-import numpy as np
-
 from ...utils.io import atomic_write_json
+from .generated import STAMP_FILE, coco_annotation, ensure_generated, progress, read_stamp_digest, write_png
 from .synthetic_render import (
     GENERATOR_VERSION,
     SYNTHETIC_CLASSES,
@@ -44,8 +39,6 @@ __all__ = [
     "ensure_synthetic_pair",
     "load_synthetic",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,7 +90,6 @@ def synthetic_pair_dir(root: str) -> str:
     return os.path.join(root, "synthetic_pair")
 
 
-STAMP_FILE = "stamp.json"
 # (domain, split) -> (scene stream, shifted?)
 _SPLITS = {
     ("clear", "train"): ("source_train", False),
@@ -110,25 +102,14 @@ _SPLITS = {
 }
 
 
-def _write_png(path, rgb_or_gray):
-    arr = rgb_or_gray[..., ::-1] if rgb_or_gray.ndim == 3 else rgb_or_gray
-    if not cv2.imwrite(path, np.ascontiguousarray(arr)):
-        raise OSError(f"could not write {path}")
-
-
 def _generate(out_dir, params):
     """Write every image, depth map and COCO JSON of the pair into ``out_dir`` (stamp last)."""
     n = {"train": params.n_train, "val": params.n_val, "dev": params.n_dev, "test": params.n_test}
     categories = [{"id": i + 1, "name": c} for i, c in enumerate(SYNTHETIC_CLASSES)]
     coco = {k: {"images": [], "annotations": [], "categories": categories} for k in _SPLITS}
     rendered = {}
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency; the bar is cosmetic
-        def tqdm(x, **kw):
-            return x
     jobs = [(dom, split, i) for (dom, split) in _SPLITS for i in range(n[split])]
-    for dom, split, i in tqdm(jobs, desc="synthetic pair", unit="img", mininterval=1.0):
+    for dom, split, i in progress(jobs, "synthetic pair"):
         stream, shifted = _SPLITS[(dom, split)]
         key = (stream, i)
         if key not in rendered or not shifted:
@@ -138,7 +119,7 @@ def _generate(out_dir, params):
             depth_rel = f"depth/{stream}/{i:06d}.png"
             if not os.path.exists(os.path.join(out_dir, depth_rel)):
                 os.makedirs(os.path.dirname(os.path.join(out_dir, depth_rel)), exist_ok=True)
-                _write_png(os.path.join(out_dir, depth_rel), scene.depth_cm)
+                write_png(os.path.join(out_dir, depth_rel), scene.depth_cm)
         else:
             scene = rendered.pop(key)
         image = scene.image
@@ -146,33 +127,22 @@ def _generate(out_dir, params):
             image = apply_target_shift(image, scene.depth_cm, params.shift, shift_seed(params, stream, i))
         rel = f"{dom}/{split}/{i:06d}.png"
         os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
-        _write_png(os.path.join(out_dir, rel), image)
+        write_png(os.path.join(out_dir, rel), image)
         c = coco[(dom, split)]
         c["images"].append({"id": i, "file_name": rel, "height": params.scene.height,
                             "width": params.scene.width, "depth_file": f"depth/{stream}/{i:06d}.png"})
         for b, k in zip(scene.boxes.tolist(), scene.classes.tolist()):
-            c["annotations"].append({
-                "id": len(c["annotations"]) + 1, "image_id": i, "category_id": k + 1, "iscrowd": 0,
-                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1]),
-            })
+            c["annotations"].append(coco_annotation(len(c["annotations"]) + 1, i, b, k + 1))
     for (dom, split), c in coco.items():
         atomic_write_json(os.path.join(out_dir, "annotations", f"{dom}_{split}.json"), c, indent=None)
     atomic_write_json(os.path.join(out_dir, STAMP_FILE), {"stamp": params.stamp(), "digest": params.digest()},
                       indent=None)
 
 
-def _read_stamp(path):
-    try:
-        with open(os.path.join(path, STAMP_FILE)) as f:
-            return json.load(f).get("digest")
-    except (OSError, ValueError):
-        return None
-
-
 def synthetic_pair_is_current(root: str, params: Optional[SyntheticPairParams] = None) -> bool:
     """Whether ``<root>/synthetic_pair`` holds a complete pair made with ``params`` (default DEFAULT_PARAMS)."""
     params = DEFAULT_PARAMS if params is None else params
-    return _read_stamp(synthetic_pair_dir(root)) == params.digest()
+    return read_stamp_digest(synthetic_pair_dir(root)) == params.digest()
 
 
 def ensure_synthetic_pair(root: str, params: Optional[SyntheticPairParams] = None) -> str:
@@ -184,40 +154,9 @@ def ensure_synthetic_pair(root: str, params: Optional[SyntheticPairParams] = Non
     half-written pair behind a valid stamp, and concurrent processes (DDP ranks) cannot corrupt it.
     """
     params = DEFAULT_PARAMS if params is None else params
-    out = synthetic_pair_dir(root)
-    digest = params.digest()
-    have = _read_stamp(out)
-    if have == digest:
-        return out
-    if have is None and os.path.exists(out) and os.listdir(out):
-        logger.info("synthetic pair at %s has no valid stamp: regenerating", out)
-    elif have is not None:
-        logger.info("synthetic pair at %s is stale (stamp %s, parameters give %s): regenerating", out, have, digest)
-    else:
-        logger.info("generating the synthetic demo pair under %s (once)", out)
-    os.makedirs(root, exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    t0 = time.perf_counter()
-    _generate(tmp, params)
-    if _read_stamp(out) == digest:  # another process (a DDP rank) finished first: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-        return out
-    old = None
-    if os.path.exists(out):
-        old = f"{out}.old-{os.getpid()}"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process swapped in its copy first: use it if valid
-        shutil.rmtree(tmp, ignore_errors=True)
-        if _read_stamp(out) != digest:
-            raise
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-    logger.info("synthetic pair written in %.1f s", time.perf_counter() - t0)
-    return out
+    # _generate looked up at call time (tests replace it)
+    return ensure_generated(synthetic_pair_dir(root), params.digest(), lambda tmp: _generate(tmp, params),
+                            "synthetic pair")
 
 
 def load_synthetic(root: str, domain: str, split: str, params: Optional[SyntheticPairParams] = None) -> List[dict]:

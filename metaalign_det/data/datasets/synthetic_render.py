@@ -2,7 +2,10 @@
 
 Pure numpy + OpenCV, no file access: :func:`render_scene` draws one clear scene from a seed,
 :func:`apply_target_shift` turns a clear image into a target-domain one. The pair on disk (generation, stamp,
-loading) is :mod:`metaalign_det.data.datasets.synthetic`.
+loading) is :mod:`metaalign_det.data.datasets.synthetic`. The sim -> real pair (:mod:`.sim2real_render`)
+reuses the background, distractors, object drawing and rasterisation; the parameters they take for it
+(camera height, road width, roadside offsets, ground grain, anti-aliasing) default to what this pair uses,
+so its images do not change (they are the committed study's data: ``GENERATOR_VERSION`` stays).
 
 Scene model (all lengths in metres, one pinhole camera ``CAMERA_HEIGHT`` above a flat ground plane):
 
@@ -191,8 +194,14 @@ def _draw_person(img, inst, oid, box, rng):
     ]
 
 
-def _rasterise(img, inst, oid, shapes):
-    """Draw shapes (sub-pixel coordinates, 4 fractional bits) into the image and the instance map."""
+def _rasterise(img, inst, oid, shapes, antialias=False):
+    """Draw shapes (sub-pixel coordinates, 4 fractional bits) into the image and the instance map.
+
+    ``shapes``: ``(kind, geometry, RGB colour)`` with kind ``rect`` (x0, y0, x1, y1), ``poly`` (Nx2 points of a
+    convex polygon) or ``circle`` (cx, cy, r), in pixels. ``antialias``: blend each shape into ``img`` by its
+    pixel coverage (OpenCV draws anti-aliased only into 8-bit images, hence the uint8 coverage mask); the
+    instance map always gets hard (8-connected) edges, so boxes do not depend on it.
+    """
     s = 16.0
     for kind, geom, colour in shapes:
         col = tuple(float(c) for c in colour)
@@ -202,23 +211,49 @@ def _rasterise(img, inst, oid, shapes):
             kind, geom = "poly", pts
         if kind == "poly":
             pts = np.round((np.asarray(geom) - 0.5) * s).astype(np.int32)
-            cv2.fillConvexPoly(img, pts, col, lineType=cv2.LINE_8, shift=4)
+            if antialias:
+                cover = np.zeros(img.shape[:2], np.uint8)
+                cv2.fillConvexPoly(cover, pts, 255, lineType=cv2.LINE_AA, shift=4)
+                _blend(img, cover, col)
+            else:
+                cv2.fillConvexPoly(img, pts, col, lineType=cv2.LINE_8, shift=4)
             cv2.fillConvexPoly(inst, pts, oid, lineType=cv2.LINE_8, shift=4)
         else:
             cx, cy, r = geom
             c = (int(round((cx - 0.5) * s)), int(round((cy - 0.5) * s)))
-            cv2.circle(img, c, int(round(r * s)), col, -1, lineType=cv2.LINE_8, shift=4)
+            if antialias:
+                cover = np.zeros(img.shape[:2], np.uint8)
+                cv2.circle(cover, c, int(round(r * s)), 255, -1, lineType=cv2.LINE_AA, shift=4)
+                _blend(img, cover, col)
+            else:
+                cv2.circle(img, c, int(round(r * s)), col, -1, lineType=cv2.LINE_8, shift=4)
             cv2.circle(inst, c, int(round(r * s)), oid, -1, lineType=cv2.LINE_8, shift=4)
 
 
-def _background(p, rng, horizon, vx):
+def _blend(img, cover, colour):
+    """``img`` (HxWx3 float32) := colour where ``cover`` (HxW uint8, 255 = fully covered) is, blended at edges."""
+    ys, xs = np.nonzero(cover)
+    if len(ys) == 0:
+        return
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    a = cover[y0:y1, x0:x1, None].astype(np.float32) / 255.0
+    img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1.0 - a) + np.asarray(colour, np.float32) * a
+
+
+def _background(p, rng, horizon, vx, camera_height=CAMERA_HEIGHT, road_half_width=(5.5, 8.0), ground_noise=5.0):
+    """Sky, ground (road, kerbside, centre line) and buildings: (HxWx3 float32 image, HxW depth in m,
+    H depth of each ground row in m (``SKY_DEPTH`` above the horizon), road half width in m).
+
+    ``camera_height`` (m) and ``road_half_width`` (m, the range it is drawn from) change values, not how many
+    numbers are drawn from ``rng``; ``ground_noise`` (8-bit levels, 0: none and no draw) is the ground's grain.
+    """
     h, w = p.height, p.width
     img = np.empty((h, w, 3), np.float32)
     depth = np.full((h, w), SKY_DEPTH, np.float32)
     rows = np.arange(h, dtype=np.float32) + 0.5
     dy = rows - horizon
     ground_rows = dy > 0.5
-    row_depth = np.where(ground_rows, p.focal_px * CAMERA_HEIGHT / np.maximum(dy, 0.5), SKY_DEPTH)
+    row_depth = np.where(ground_rows, p.focal_px * camera_height / np.maximum(dy, 0.5), SKY_DEPTH)
 
     # sky: vertical gradient from blue to pale near the horizon
     top = np.array([70, 130, 200], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
@@ -229,7 +264,7 @@ def _background(p, rng, horizon, vx):
     # ground: road (asphalt) between the kerbs, pavement / grass outside, dashed centre line
     cols = np.arange(w, dtype=np.float32) + 0.5
     lateral = (cols[None, :] - vx) * row_depth[:, None] / p.focal_px  # metres from the road axis
-    half_road = rng.uniform(5.5, 8.0)
+    half_road = rng.uniform(*road_half_width)
     road_tone = rng.uniform(70, 110)
     road = np.array([road_tone, road_tone, road_tone + 4], np.float32)
     side = (np.array([160, 160, 155], np.float32) if rng.random() < 0.6
@@ -238,8 +273,9 @@ def _background(p, rng, horizon, vx):
     on_road = g & (np.abs(lateral) < half_road)
     img[g & ~on_road] = side
     img[on_road] = road
-    tex = rng.normal(0, 5, (h, w)).astype(np.float32)
-    img[g] += tex[g][:, None]
+    if ground_noise > 0:
+        tex = rng.normal(0, ground_noise, (h, w)).astype(np.float32)
+        img[g] += tex[g][:, None]
     dash = on_road & (np.abs(lateral) < 0.12) & ((row_depth[:, None] // 3.0) % 2 == 0)
     img[dash] = (230, 230, 220)
     depth[ground_rows] = row_depth[ground_rows, None]
@@ -249,7 +285,7 @@ def _background(p, rng, horizon, vx):
     while x < w:
         bw = rng.uniform(18, 60)
         bd = rng.uniform(45, 110)
-        base = horizon + p.focal_px * CAMERA_HEIGHT / bd
+        base = horizon + p.focal_px * camera_height / bd
         top_y = horizon - rng.uniform(0.1, 0.4) * h
         x0, x1 = int(max(x, 0)), int(min(x + bw, w))
         y0, y1 = int(max(top_y, 0)), int(min(base, h))
@@ -262,17 +298,21 @@ def _background(p, rng, horizon, vx):
             win = ((wy - y0) % step >= 2) & ((wx - x0) % step >= 2) & (wy < y1 - 2)
             img[y0:y1, x0:x1][win] = colour * 0.55
         x += bw + rng.uniform(0, 6)
-    return img, depth, row_depth
+    return img, depth, row_depth, half_road
 
 
-def _distractors(img, depth, p, rng, horizon, vx):
-    """Poles and trees at the roadside: vertical structures that are not objects."""
+def _distractors(img, depth, p, rng, horizon, vx, camera_height=CAMERA_HEIGHT, lateral=(7, 11)):
+    """Poles and trees at the roadside: vertical structures that are not objects.
+
+    ``p.distractors`` of them (inclusive range), ``lateral`` m (range) left or right of the road axis, at
+    ``p.min_depth`` .. 1.5 ``p.max_depth`` m; painted into ``img`` (HxWx3 float32) and ``depth`` (HxW, m).
+    """
     h, w = p.height, p.width
     for _ in range(int(rng.integers(p.distractors[0], p.distractors[1] + 1))):
         d = float(np.exp(rng.uniform(np.log(p.min_depth), np.log(p.max_depth * 1.5))))
-        lat = rng.choice([-1, 1]) * rng.uniform(7, 11)
+        lat = rng.choice([-1, 1]) * rng.uniform(*lateral)
         cx = vx + p.focal_px * lat / d
-        base = horizon + p.focal_px * CAMERA_HEIGHT / d
+        base = horizon + p.focal_px * camera_height / d
         mask = np.zeros((h, w), np.uint8)
         if rng.random() < 0.5:  # pole
             ph = p.focal_px * rng.uniform(4, 7) / d
@@ -292,6 +332,18 @@ def _distractors(img, depth, p, rng, horizon, vx):
         depth[mask > 0] = d
 
 
+def _overlaps(box, area, others, max_overlap):
+    """Whether ``box`` (XYXY px, ``area`` px²) covers more than ``max_overlap`` of one of ``others``' areas, or
+    one of them more than that of its own (the placement rule that bounds occlusion)."""
+    for b2 in others:
+        ix = max(0.0, min(box[2], b2[2]) - max(box[0], b2[0]))
+        iy = max(0.0, min(box[3], b2[3]) - max(box[1], b2[1]))
+        inter = ix * iy
+        if inter > max_overlap * area or inter > max_overlap * (b2[2] - b2[0]) * (b2[3] - b2[1]):
+            return True
+    return False
+
+
 def render_scene(seed: Union[int, Sequence[int]], scene_params: SceneParams = SceneParams()) -> Scene:
     """Render one clear scene from a seed (any numpy ``SeedSequence`` entropy): image, depth, boxes."""
     p = scene_params
@@ -299,7 +351,7 @@ def render_scene(seed: Union[int, Sequence[int]], scene_params: SceneParams = Sc
     h, w = p.height, p.width
     horizon = float(rng.uniform(*p.horizon) * h)
     vx = float(w * rng.uniform(0.4, 0.6))  # vanishing point column
-    img, depth, _ = _background(p, rng, horizon, vx)
+    img, depth, _, _ = _background(p, rng, horizon, vx)
     _distractors(img, depth, p, rng, horizon, vx)
 
     # sample objects: position on the ground, size from depth; drop those too small or too occluded
@@ -320,16 +372,7 @@ def render_scene(seed: Union[int, Sequence[int]], scene_params: SceneParams = Sc
         box = np.array([cx - bw / 2, y1 - bh, cx + bw / 2, y1])
         if bh < p.min_box_px or box[0] < -0.3 * bw or box[2] > w + 0.3 * bw or box[3] > h + 0.5:
             continue
-        area = bw * bh
-        ok = True
-        for _, _, b2, _ in placed:
-            ix = max(0.0, min(box[2], b2[2]) - max(box[0], b2[0]))
-            iy = max(0.0, min(box[3], b2[3]) - max(box[1], b2[1]))
-            inter = ix * iy
-            if inter > p.max_overlap * area or inter > p.max_overlap * (b2[2] - b2[0]) * (b2[3] - b2[1]):
-                ok = False
-                break
-        if ok:
+        if not _overlaps(box, bw * bh, [b2 for _, _, b2, _ in placed], p.max_overlap):
             placed.append((d, cls, box, side))
 
     # paint far to near into the image and an instance map

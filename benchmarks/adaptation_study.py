@@ -6,6 +6,16 @@
     python benchmarks/adaptation_study.py --stage teacher # the teacher-student rows x 5 seeds (after the sweep)
     python benchmarks/adaptation_study.py --stage swda    # SWDA and SWDA + MetaAlign x 5 seeds (after the sweep)
     python benchmarks/adaptation_study.py --summary-only  # rebuild the table from the result JSONs
+    python benchmarks/adaptation_study.py --pair sim2real --stage core   # the same on the sim -> real pair
+    python benchmarks/adaptation_study.py --pair sim2real_texture --rows source_only fair_source_only da_joint \
+        --seeds 0 1 2                                     # one shift part alone (the sim2real base is reused)
+
+Pairs (``--pair``, docs/datasets.md): ``foggy`` (synthetic clear -> foggy, 3 classes, the default), ``sim2real``
+(sim -> real style, car only) and ``sim2real_<part>`` (the sim source against a target with one shift part of
+the real style alone: texture, shapes, camera, layout, sensor). The rows' configs are the demo configs; on the
+sim -> real pairs every run overrides their datasets and class count. A ``sim2real_<part>`` pair shares the
+``sim2real`` base detector (same source). Results go to ``benchmarks/results/<study>/`` and, with ``--docs``,
+``docs/<study>.md``, where ``<study>`` is ``adaptation_study`` (foggy) or ``adaptation_study_<pair>``.
 
 Protocol (every number is produced by the project's own tools, one process per run):
 
@@ -33,7 +43,7 @@ Protocol (every number is produced by the project's own tools, one process per r
    (``tools/analyze_alignment.py``: source test vs target test, 200 images each).
 5. **Summary**: per row mean and 95% t-interval over seeds; paired per-seed difference to source-only and to
    DA joint with its 95% interval; the share of the source-only -> oracle gap closed; written to
-   ``<results>/summary.md`` and, with ``--docs``, ``docs/adaptation_study.md``.
+   ``<results>/summary.md`` and, with ``--docs``, ``docs/<study>.md``.
 
 Each finished run leaves a small JSON under ``benchmarks/results/adaptation_study/<row>/seed<k>.json``
 (committed: extend the study with more seeds or rows instead of rerunning it); a run whose JSON exists is not
@@ -60,8 +70,43 @@ DEMO = os.path.join(ROOT, "configs", "demo")
 from metaalign_det.analysis.stats import mean_ci, paired_difference  # noqa: E402  (pure Python)
 from metaalign_det.utils.io import atomic_open  # noqa: E402
 
-TEST, DEV, SOURCE_VAL = "synthetic_foggy_test", "synthetic_foggy_dev", "synthetic_clear_val"
-PAD_SOURCE, PAD_TARGET = "synthetic_clear_test", "synthetic_foggy_test"
+# The pairs: their registered splits, class count, study name (results / docs / output folder) and base pair.
+SIM2REAL_PARTS = ("texture", "shapes", "camera", "layout", "sensor")  # = data/datasets/sim2real_render.PARTS
+PAIRS = {
+    "foggy": {"source_train": "synthetic_clear_train", "target_train": "synthetic_foggy_train",
+              "test": "synthetic_foggy_test", "dev": "synthetic_foggy_dev", "source_val": "synthetic_clear_val",
+              "pad_source": "synthetic_clear_test", "pad_target": "synthetic_foggy_test", "num_classes": 3,
+              "study": "adaptation_study", "base": "foggy", "overrides": False},
+    **{name: {"source_train": "sim2real_sim_train", "target_train": f"{target}_train", "test": f"{target}_test",
+              "dev": f"{target}_dev", "source_val": "sim2real_sim_val", "pad_source": "sim2real_sim_test",
+              "pad_target": f"{target}_test", "num_classes": 1, "study": f"adaptation_study_{name}",
+              "base": "sim2real", "overrides": True}
+       for name, target in [("sim2real", "sim2real_real")] + [(f"sim2real_{p}", f"sim2real_{p}_real")
+                                                              for p in SIM2REAL_PARTS]},
+}
+ORACLE_ROWS = ("oracle",)  # trained on the labelled target train split
+# the pair in use (set by use_pair; the foggy pair unless --pair says otherwise)
+PAIR = PAIRS["foggy"]
+TEST, DEV, SOURCE_VAL = PAIR["test"], PAIR["dev"], PAIR["source_val"]
+PAD_SOURCE, PAD_TARGET = PAIR["pad_source"], PAIR["pad_target"]
+
+
+def use_pair(name):
+    """Make ``name`` (a key of PAIRS) the pair every run, evaluation and summary of this process uses."""
+    global PAIR, TEST, DEV, SOURCE_VAL, PAD_SOURCE, PAD_TARGET
+    PAIR = PAIRS[name]
+    TEST, DEV, SOURCE_VAL = PAIR["test"], PAIR["dev"], PAIR["source_val"]
+    PAD_SOURCE, PAD_TARGET = PAIR["pad_source"], PAIR["pad_target"]
+
+
+def pair_overrides(row=None):
+    """Config overrides that put a demo config on the pair in use: none for the foggy pair (the configs' own
+    datasets), else its train splits (the target's for an oracle row) and class count."""
+    if not PAIR["overrides"]:
+        return []
+    train = PAIR["target_train"] if row in ORACLE_ROWS else PAIR["source_train"]
+    return ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TRAIN_TARGET", f"('{PAIR['target_train']}',)",
+            "MODEL.ROI_HEADS.NUM_CLASSES", str(PAIR["num_classes"])]
 ALPHAS = (1, 10, 100)
 
 # name -> (config, overrides, label)
@@ -188,14 +233,19 @@ def _train_log_stats(out):
 class Study:
     def __init__(self, args):
         self.args = args
-        self.base_dir = os.path.join(args.out_dir, "base")
+        # a one-part sim -> real pair reuses the sim2real base (same source): its folder and record
+        base_study = PAIRS[PAIR["base"]]["study"]
+        self.base_dir = os.path.join(getattr(args, "base_out_dir", None) or os.path.join(ROOT, "output", base_study),
+                                     "base")
+        self.base_results = (getattr(args, "base_results", None)
+                             or os.path.join(ROOT, "benchmarks", "results", base_study))
 
     # -- the base detector ----------------------------------------------------------------------------
     def base_weights(self):
         return os.path.join(self.base_dir, "model_final.pth")
 
     def base_record(self):
-        return os.path.join(self.args.results, "base.json")
+        return os.path.join(self.base_results, "base.json")
 
     def _base_curve(self):
         curve = {}
@@ -221,7 +271,11 @@ class Study:
         a = self.args
         if os.path.exists(self.base_record()) and os.path.exists(self.base_weights()):
             log(f"base: done before ({self.base_record()})")
+            self._evaluate_base_on_pair()
             return
+        if PAIR is not PAIRS[PAIR["base"]]:
+            raise SystemExit(f"[study] this pair starts from the {PAIR['base']} base detector, which is not trained "
+                             f"yet: run --pair {PAIR['base']} --stage base first")
         os.makedirs(self.base_dir, exist_ok=True)
         t0 = time.perf_counter()
         iters = a.base_iters
@@ -234,6 +288,7 @@ class Study:
                     "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", str(a.base_eval_period),
                     "TEST.EVAL_PERIOD", str(a.base_eval_period), "DATASETS.TEST", f"('{SOURCE_VAL}',)",
                     "SOLVER.LOG_PERIOD", "20", "SEED", str(a.base_seed), "OUTPUT_DIR", self.base_dir]
+            cmd += pair_overrides()
             log(f"base: training to {iters} iterations")
             rc = _run_logged(cmd, os.path.join(self.base_dir, "run.log"), a.jobs)
             if rc != 0:
@@ -257,7 +312,7 @@ class Study:
         path = os.path.join(out, "ap.json")
         cmd = [sys.executable, os.path.join(ROOT, "tools", "eval.py"), "--config-file",
                os.path.join(DEMO, "source_only_R18_FPN.yaml"), "--weights", weights, "--dataset", TEST, DEV,
-               SOURCE_VAL, "--output", path]
+               SOURCE_VAL, "--output", path] + pair_overrides()
         if _run_logged(cmd, os.path.join(out, "eval.log"), threads) != 0:
             raise SystemExit(f"[study] evaluation of {weights} failed; see {out}/eval.log")
         with open(path) as f:
@@ -271,12 +326,30 @@ class Study:
                "--target-dataset", PAD_TARGET, "--max-images", str(self.args.pad_images), "--output", path]
         if ema:  # the evaluated model of an EMA row is the checkpoint's "ema" entry
             cmd += ["MODEL.EMA.ENABLED", "True"]
+        cmd += pair_overrides()
         if _run_logged(cmd, path + ".log", threads) != 0:
             raise SystemExit(f"[study] analyze_alignment on {weights} failed; see {path}.log")
         with open(path) as f:
             c = json.load(f)["checkpoints"][0]
         return {"pad": {k: v["pad"] for k, v in c["pad"].items()},
                 "grad_cos_at_end": c["grad_cos"]["mean"] if c["grad_cos"] else None}
+
+    def base_eval_record(self):
+        """The base detector's AP on the pair in use: its base record, or (a one-part pair, whose base was
+        trained and recorded for another pair) a record of its own in this pair's results."""
+        if PAIR is PAIRS[PAIR["base"]]:
+            return self.base_record()
+        return os.path.join(self.args.results, "base_eval.json")
+
+    def _evaluate_base_on_pair(self):
+        path = self.base_eval_record()
+        if os.path.exists(path):
+            return
+        aps = self._evaluate(self.base_weights(), os.path.join(self.args.out_dir, "base_eval"), self.args.jobs)
+        pad = self._pad(self.base_weights(), os.path.join(self.args.out_dir, "base_eval", "pad.json"), self.args.jobs)
+        with open(self.base_record()) as f:
+            record = json.load(f)
+        _write_json(path, {**record, "ap": aps, "pad": pad, "evaluated_for_pair": True})
 
     # -- one row, one seed ----------------------------------------------------------------------------
     def record_path(self, row, seed):
@@ -305,7 +378,7 @@ class Study:
                  "SOLVER.MAX_ITER", str(a.iters), "SOLVER.WARMUP_ITERS", str(max(1, a.iters // 10)),
                  "SOLVER.STEPS", f"({int(a.iters * 0.8)},)", "SOLVER.CHECKPOINT_PERIOD", str(max(1, a.iters // 4)),
                  "SOLVER.LOG_PERIOD", "10", "META.JOINT_GRAD_COS_PERIOD", "10", "SEED", str(seed),
-                 "DATASETS.TEST", f"('{TEST}', '{DEV}', '{SOURCE_VAL}')", "OUTPUT_DIR", out]
+                 "DATASETS.TEST", f"('{TEST}', '{DEV}', '{SOURCE_VAL}')", "OUTPUT_DIR", out] + pair_overrides(row)
         overrides = extra + sched
         t0 = time.perf_counter()
         log(f"{row} seed {seed}: training ({threads} thread{'s' if threads > 1 else ''})")
@@ -423,8 +496,8 @@ def summarize(study, recs):
     a = study.args
     alpha = study.chosen_alpha(recs)
     base = None
-    if os.path.exists(study.base_record()):
-        with open(study.base_record()) as f:
+    if os.path.exists(study.base_eval_record()):
+        with open(study.base_eval_record()) as f:
             base = json.load(f)
     test = {row: {s: r["ap"][TEST]["mAP"] for s, r in runs.items()} for row, runs in recs.items()}
     so, da, oracle = test.get("source_only", {}), test.get("da_joint", {}), test.get("oracle", {})
@@ -567,8 +640,10 @@ def _shown(recs, row, n_seeds):
     return not searched or len(runs) >= n_seeds
 
 
-def plot_study(recs, png, split=TEST, n_seeds=5):
-    """Per-seed target AP50 of every row (one line per seed joins its runs: the pairing), mean and 95% CI."""
+def plot_study(recs, png, split=None, n_seeds=5):
+    """Per-seed target AP50 of every row (one line per seed joins its runs: the pairing), mean and 95% CI;
+    ``split``: default the pair's test split."""
+    split = split or TEST
     import matplotlib
 
     matplotlib.use("Agg")
@@ -621,11 +696,18 @@ def main():
     p.add_argument("--base-seed", type=int, default=0)
     p.add_argument("--pad-images", type=int, default=200)
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--out-dir", default=os.path.join(ROOT, "output", "adaptation_study"))
-    p.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results", "adaptation_study"))
+    p.add_argument("--pair", choices=list(PAIRS), default="foggy", help="the generated pair (see above)")
+    p.add_argument("--out-dir", help="checkpoints and logs (default: output/<study>)")
+    p.add_argument("--results", help="the result JSONs (default: benchmarks/results/<study>)")
+    p.add_argument("--base-out-dir", help="the base detector's output parent (default: the base pair's output)")
+    p.add_argument("--base-results", help="where the base record is (default: the base pair's results)")
     p.add_argument("--summary-only", action="store_true")
-    p.add_argument("--docs", action="store_true", help="also write docs/adaptation_study.md")
+    p.add_argument("--docs", action="store_true", help="also write docs/<study>.md and its figure")
     args = p.parse_args()
+    use_pair(args.pair)
+    name = PAIR["study"]
+    args.out_dir = args.out_dir or os.path.join(ROOT, "output", name)
+    args.results = args.results or os.path.join(ROOT, "benchmarks", "results", name)
     study = Study(args)
     t0 = time.perf_counter()
     if not args.summary_only:
@@ -667,9 +749,9 @@ def main():
     if recs:
         plot_study(recs, png, n_seeds=len(args.seeds))
     if args.docs:
-        shutil.copy(os.path.join(args.results, "summary.md"), os.path.join(ROOT, "docs", "adaptation_study.md"))
+        shutil.copy(os.path.join(args.results, "summary.md"), os.path.join(ROOT, "docs", f"{name}.md"))
         if recs:
-            shutil.copy(png, os.path.join(ROOT, "docs", "adaptation_study.png"))
+            shutil.copy(png, os.path.join(ROOT, "docs", f"{name}.png"))
 
 
 if __name__ == "__main__":

@@ -116,3 +116,35 @@ def test_finished_runs_keep_only_their_final_checkpoint(study_mod, tmp_path):
         (tmp_path / n).write_text("x")
     assert study_mod.prune_checkpoints(str(tmp_path)) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "metrics.json", "model_final.pth"]
+
+
+def test_pairs_put_every_run_on_their_own_datasets(study_mod, tmp_path):
+    """The foggy pair runs the demo configs as they are; a sim -> real pair overrides their datasets and class
+    count (the oracle trains on the labelled target); a one-part pair reuses the sim2real base detector."""
+    from metaalign_det.data.datasets.sim2real_render import PARTS
+
+    m = study_mod
+    assert m.SIM2REAL_PARTS == PARTS
+    try:
+        assert m.pair_overrides("source_only") == [] and m.TEST == "synthetic_foggy_test"
+        m.use_pair("sim2real")
+        assert (m.TEST, m.DEV, m.SOURCE_VAL) == ("sim2real_real_test", "sim2real_real_dev", "sim2real_sim_val")
+        ov = dict(zip(m.pair_overrides("da_joint")[::2], m.pair_overrides("da_joint")[1::2]))
+        assert ov == {"DATASETS.TRAIN": "('sim2real_sim_train',)", "DATASETS.TRAIN_TARGET": "('sim2real_real_train',)",
+                      "MODEL.ROI_HEADS.NUM_CLASSES": "1"}
+        assert m.pair_overrides("oracle")[1] == "('sim2real_real_train',)"
+        own = m.Study(argparse.Namespace(out_dir=str(tmp_path / "o"), results=str(tmp_path / "r")))
+        assert own.base_eval_record() == own.base_record()
+        m.use_pair("sim2real_camera")
+        assert m.pair_overrides("source_only")[3] == "('sim2real_camera_real_train',)"
+        assert m.PAD_TARGET == "sim2real_camera_real_test" and m.PAD_SOURCE == "sim2real_sim_test"
+        part = m.Study(argparse.Namespace(out_dir=str(tmp_path / "o2"), results=str(tmp_path / "r2")))
+        assert part.base_dir == own.base_dir and part.base_record() == own.base_record()
+        assert part.base_dir.endswith(os.path.join("output", "adaptation_study_sim2real", "base"))
+        assert part.base_eval_record() == str(tmp_path / "r2" / "base_eval.json")  # its own target splits
+        fresh = m.Study(argparse.Namespace(out_dir=str(tmp_path / "o3"), results=str(tmp_path / "r3"),
+                                           base_out_dir=str(tmp_path / "b"), base_results=str(tmp_path / "b")))
+        with pytest.raises(SystemExit, match="--pair sim2real --stage base first"):
+            fresh.train_base()  # no sim2real base under these folders: a one-part pair does not train one
+    finally:
+        m.use_pair("foggy")

@@ -161,6 +161,7 @@ def main(argv=None, default_pair="synthetic", description=None):
     from detectron2.data import build_detection_test_loader
     from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+    from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
 
     from metaalign_det.data.datasets import builtin
@@ -177,6 +178,9 @@ def main(argv=None, default_pair="synthetic", description=None):
 
     cfg = build_cfg(args)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    # what detectron2's default_setup does with cfg.SEED: seed every global RNG, so that the model init and the
+    # sampler's order (a shared random seed drawn from numpy) are those of --seed -- a rerun is the same run
+    seed_all_rng(cfg.SEED)
     trainer = DefaultTrainer(cfg)
     trainer.resume_or_load(resume=False)
     t1, c1 = time.perf_counter(), time.process_time()

@@ -4,11 +4,11 @@
 ``sim2real_<part>_real_val`` for each part alone (texture, shapes, camera, layout, sensor).
 
 Requirement: source AP50 >= 90 and target AP50 <= 0.7 x source AP50 (every part on); the one-part figures
-say how much of the gap each part makes. Same detector, schedule and options as
-``benchmarks/calibrate_demo.py`` (this is its ``--pair sim2real``): R18-FPN, random init, GroupNorm, batch 4 x
-300 iterations at lr 0.02 by default.
+say how much of the gap each part makes. Same detector and options as
+``benchmarks/calibrate_demo.py`` (this is its ``--pair sim2real``): R18-FPN, random init, GroupNorm; its own
+schedule, batch 2 x 800 iterations at lr 0.01 (the demo pair's batch 4 at lr 0.02 collapses here).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calibrate_sim2real.py --threads 1   # ~6 min on one core
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calibrate_sim2real.py --threads 1   # ~10 min on one core
     # options: --root DIR, --iters, --batch, --lr, --seed, --norm GN|BN, --fpn-channels, --fc-dim, --threads,
     #          --device cpu|cuda, --out DIR (default output/calibrate_sim2real)
 

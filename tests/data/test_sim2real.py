@@ -94,14 +94,15 @@ def test_stamp_reuse_and_regeneration_per_variant(tmp_path, monkeypatch, caplog)
     for v in ("sim", "real", "real_texture"):
         S.ensure_sim2real(root, v, TINY)
     assert made == []  # stamps match: nothing regenerated
-    louder = dataclasses.replace(TINY, real=dataclasses.replace(TINY.real, noise_sigma=9.0))  # a sensor strength
+    loud = TINY.real.noise_sigma + 2.0  # a sensor strength other than the default
+    louder = dataclasses.replace(TINY, real=dataclasses.replace(TINY.real, noise_sigma=loud))
     with caplog.at_level(logging.INFO, logger="metaalign_det"):
         for v in ("sim", "real", "real_texture"):
             S.ensure_sim2real(root, v, louder)
     assert made == ["real"]  # neither the source nor the texture-only variant depends on the sensor's noise
     assert "sim2real pair (real)" in caplog.text and "is stale" in caplog.text
     stamp = json.load(open(os.path.join(root, "sim2real_pair", "real", "stamp.json")))
-    assert stamp["digest"] == louder.digest("real") and stamp["stamp"]["style"]["sensor"]["noise_sigma"] == 9.0
+    assert stamp["digest"] == louder.digest("real") and stamp["stamp"]["style"]["sensor"]["noise_sigma"] == loud
     assert S.sim2real_is_current(root, "real", louder) and not S.sim2real_is_current(root, "real", TINY)
     assert sorted(os.listdir(tmp_path / "sim2real_pair")) == ["real", "real_texture", "sim"]  # no temp copies
     # what a stamp records: the sim one no style, a one-part one that part's strengths only

@@ -43,6 +43,8 @@ def test_every_pair_reads_registered_sets(calibrate):
 def test_sim2real_detector_and_sets(calibrate):
     args = calibrate.parse_args([], default_pair="sim2real")
     assert args.pair == "sim2real" and args.out == "output/calibrate_sim2real"
+    assert (args.iters, args.batch, args.lr) == (800, 2, 0.01)  # the pair's own calibration schedule
+    assert calibrate.parse_args(["--iters", "20"], default_pair="sim2real").iters == 20
     cfg = calibrate.build_cfg(args)
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1
     assert cfg.DATASETS.TRAIN == ("sim2real_sim_train",)
@@ -53,6 +55,7 @@ def test_sim2real_detector_and_sets(calibrate):
     assert demo.MODEL.ROI_HEADS.NUM_CLASSES == 3
     assert demo.DATASETS.TEST == ("synthetic_clear_val", "synthetic_foggy_val")
     assert calibrate.parse_args([]).out == "output/calibrate_demo"
+    assert (demo.SOLVER.MAX_ITER, demo.SOLVER.IMS_PER_BATCH, demo.SOLVER.BASE_LR) == (300, 4, 0.02)
     with pytest.raises(SystemExit) as e:
         calibrate.parse_args(["--pair", "fog"])
     assert e.value.code == 2

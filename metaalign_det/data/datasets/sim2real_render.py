@@ -190,31 +190,31 @@ class RealStyle:
 
     # texture: surface texture and shading
     texture: bool = True  # on: textured surfaces and car bodies, lighting gradient, soft shadows, anti-aliased edges
-    texture_noise: float = 7.0  # 8-bit levels: std of the surface texture (coarse blotches + fine grain)
-    light_gradient: float = 0.35  # peak-to-peak gain of the directional light across the image (0: none)
-    shadow_strength: float = 0.55  # darkening at the centre of the soft shadow under each object (0..1)
+    texture_noise: float = 18.0  # 8-bit levels: std of the surface texture (coarse blotches + fine grain)
+    light_gradient: float = 0.6  # peak-to-peak gain of the directional light across the image (0: none)
+    shadow_strength: float = 0.7  # darkening at the centre of the soft shadow under each object (0..1)
     # shapes: the car shape family
     shapes: bool = True  # on: hatchback/sedan/SUV/van, rounded silhouettes, muted palette, either facing (sim: 1 sedan)
     # camera: camera height and focal length (object scale, perspective, horizon row)
     camera: bool = True  # on: the ranges below, drawn per image (sim: SimScene's one camera, 1.5 m, 200 px)
-    camera_height: tuple = (1.05, 1.35)  # m: a lower camera, so ground rows are compressed towards the horizon
-    focal_px: tuple = (240.0, 290.0)  # px: a longer lens, objects 1.2-1.45x larger than in sim, more of them cut
+    camera_height: tuple = (0.9, 1.25)  # m: a lower camera, so ground rows are compressed towards the horizon
+    focal_px: tuple = (280.0, 380.0)  # px: a longer lens, objects 1.4-1.9x larger than in sim, more of them cut
     horizon: tuple = (0.46, 0.54)  # horizon row range, fraction of the height (sim: 0.36..0.42)
     # layout: layout and density
     layout: bool = True  # on: wider multi-lane road, parked rows, more traffic/pedestrians/poles, more occlusion
     road_half_width: tuple = (8.0, 11.0)  # m (sim: 5.5..8): two lanes each way, dashed lane lines, parking lanes
     parked_rows: tuple = (1, 2)  # rows of parked cars along the kerbs per image (inclusive range)
-    parked_per_row: tuple = (2, 5)  # cars per parked row
-    extra_cars: tuple = (1, 3)  # extra cars in the lanes
+    parked_per_row: tuple = (3, 7)  # cars per parked row
+    extra_cars: tuple = (2, 5)  # extra cars in the lanes
     extra_persons: tuple = (1, 4)  # extra pedestrians on the pavements (unlabelled)
     extra_distractors: tuple = (1, 3)  # extra roadside poles / trees (unlabelled)
-    layout_overlap: float = 0.6  # placement rule of the extra objects (sim: SimScene.max_overlap 0.35)
+    layout_overlap: float = 0.7  # placement rule of the extra objects (sim: SimScene.max_overlap 0.35)
     # sensor: the camera's image pipeline, applied to the finished image
     sensor: bool = True  # on: blur, vignetting, noise, JPEG compression (sim: a noiseless, perfect image)
-    blur_sigma: float = 0.6  # px, Gaussian (optics)
-    vignetting: float = 0.35  # gain lost in the image corners (quadratic fall-off from the centre)
-    noise_sigma: float = 4.0  # 8-bit levels, Gaussian sensor noise
-    jpeg_quality: tuple = (30, 60)  # JPEG quality, drawn per image (inclusive range)
+    blur_sigma: float = 1.1  # px, Gaussian (optics)
+    vignetting: float = 0.45  # gain lost in the image corners (quadratic fall-off from the centre)
+    noise_sigma: float = 9.0  # 8-bit levels, Gaussian sensor noise
+    jpeg_quality: tuple = (10, 40)  # JPEG quality, drawn per image (inclusive range)
 
     def __post_init__(self):
         _check(self, {

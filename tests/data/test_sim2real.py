@@ -245,7 +245,10 @@ def test_camera_alone_moves_the_horizon_and_scales_objects():
         for r in (sim, cam):  # sky above the horizon row, ground below it
             sky_rows = np.nonzero((r.labels == R.LABELS.index("sky")).any(axis=1))[0]
             ground_rows = np.nonzero((r.labels == R.LABELS.index("ground")).any(axis=1))[0]
-            assert sky_rows.max() < r.horizon <= ground_rows.min()
+            # a ground row is labelled sky when it lies beyond SKY_DEPTH: within f * h / SKY_DEPTH px of the horizon
+            far = max(0.5, r.focal_px * r.camera_height / R.SKY_DEPTH)
+            assert sky_rows.max() + 0.5 - r.horizon <= far and r.horizon <= ground_rows.min()
+            assert ground_rows.min() + 0.5 - r.horizon > far
         assert cam.horizon > sim.horizon + 4  # lower in the image
         # the same objects (same depth, same size in metres) are focal-ratio times larger
         same = {i: b for i, b in zip(sim.object_ids.tolist(), sim.full_boxes)}

@@ -7,6 +7,7 @@ Used by ``tools/predict.py``; usable from Python::
     predictor = BatchPredictor(cfg, model)
     instances = predictor([read_image(p, format=cfg.INPUT.FORMAT) for p in paths])
 """
+import json
 from typing import Dict, List, NamedTuple, Sequence
 
 import numpy as np
@@ -61,7 +62,8 @@ class ModelClasses(NamedTuple):
 def model_classes(cfg) -> ModelClasses:
     """Names and category ids of the model's ROI_HEADS.NUM_CLASSES classes.
 
-    Names: the ``thing_classes`` metadata of DATASETS.TEST[0] (else DATASETS.TRAIN[0]); ids: the dataset's own
+    Names: the ``thing_classes`` metadata of DATASETS.TEST[0] (else DATASETS.TRAIN[0]) -- for a dataset
+    registered with ``register_coco_instances`` and not loaded yet, its JSON's categories; ids: the dataset's own
     ids where its metadata maps them (``thing_dataset_id_to_contiguous_id``, COCO JSON datasets), else
     index + 1 (the COCO convention: ids start at 1). Without metadata, or with a class count that differs from
     the model's, the names are ``class_<index>`` and ``source`` says why.
@@ -75,18 +77,37 @@ def model_classes(cfg) -> ModelClasses:
     name = datasets[0]
     meta = MetadataCatalog.get(name)
     classes = meta.get("thing_classes", None)
+    to_contiguous = meta.get("thing_dataset_id_to_contiguous_id", None)
+    if not classes and meta.get("json_file", None):
+        # register_coco_instances sets thing_classes only when the dataset is first loaded: read its categories
+        from_json = _coco_json_categories(meta.json_file)
+        if isinstance(from_json, str):
+            return ModelClasses(generic, plain_ids, f"dataset '{name}': {from_json}: classes named class_<index>",
+                                True)
+        classes, to_contiguous = from_json
     if not classes:
         return ModelClasses(generic, plain_ids,
                             f"dataset '{name}' has no thing_classes metadata: classes named class_<index>", True)
     if len(classes) != num:
         return ModelClasses(generic, plain_ids, f"dataset '{name}' has {len(classes)} classes but the model "
                             f"predicts {num} (MODEL.ROI_HEADS.NUM_CLASSES): classes named class_<index>", True)
-    to_contiguous = meta.get("thing_dataset_id_to_contiguous_id", None)
     ids = plain_ids
     if to_contiguous and sorted(to_contiguous.values()) == list(range(num)):
         by_index = {v: k for k, v in to_contiguous.items()}
         ids = [int(by_index[i]) for i in range(num)]
     return ModelClasses(list(classes), ids, f"thing_classes of dataset '{name}'", False)
+
+
+def _coco_json_categories(path: str):
+    """(names, {dataset id: contiguous index}) of a COCO JSON's ``categories`` sorted by id, as detectron2's
+    ``load_coco_json`` sets them as metadata; or one line saying why they could not be read."""
+    try:
+        with open(path) as f:
+            cats = json.load(f).get("categories")
+        cats = sorted(cats, key=lambda c: int(c["id"]))
+        return [str(c["name"]) for c in cats], {int(c["id"]): i for i, c in enumerate(cats)}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        return f"cannot read the categories of {path} ({type(e).__name__}: {e})"
 
 
 def coco_results(instances, image_id: int, category_ids: Sequence[int]) -> List[Dict]:

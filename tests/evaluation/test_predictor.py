@@ -56,3 +56,24 @@ def test_coco_rows_are_xywh_pixels_with_mapped_ids():
         {"image_id": 7, "category_id": 5, "bbox": [0.0, 0.0, 60.0, 40.0], "score": 0.25},
     ]
     assert coco_results(inst[inst.scores > 1.0], 7, [5, 9]) == []
+
+
+def test_names_of_a_coco_json_dataset_not_loaded_yet(tmp_path):
+    """register_coco_instances sets thing_classes only on the first load: the names come from its JSON."""
+    import json
+
+    from detectron2.data.datasets import register_coco_instances
+
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": [], "annotations": [],
+                                "categories": [{"id": 7, "name": "truck"}, {"id": 3, "name": "van"}]}))
+    register_coco_instances("predictor_test_coco_json", {}, str(path), str(tmp_path))
+    cfg = tiny_rcnn_cfg(num_classes=2)
+    cfg.DATASETS.TEST = ("predictor_test_coco_json",)
+    got = model_classes(cfg)
+    assert (got.names, got.ids, got.fallback) == (["van", "truck"], [3, 7], False)  # sorted by id, as detectron2
+    path.write_text("{not json")
+    register_coco_instances("predictor_test_bad_json", {}, str(path), str(tmp_path))
+    cfg.DATASETS.TEST = ("predictor_test_bad_json",)
+    got = model_classes(cfg)
+    assert got.fallback and got.names == ["class_0", "class_1"] and "cannot read the categories" in got.source

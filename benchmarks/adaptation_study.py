@@ -5,6 +5,8 @@
     python benchmarks/adaptation_study.py --stage core    # only the core rows x 5 seeds
     python benchmarks/adaptation_study.py --stage teacher # the teacher-student rows x 5 seeds (after the sweep)
     python benchmarks/adaptation_study.py --stage swda    # SWDA and SWDA + MetaAlign x 5 seeds (after the sweep)
+    python benchmarks/adaptation_study.py --stage powered # more paired seeds until the 95% intervals of the
+                                                          # headline differences are at most +-3 AP50 wide
     python benchmarks/adaptation_study.py --summary-only  # rebuild the table from the result JSONs
     python benchmarks/adaptation_study.py --pair sim2real --stage core   # the same on the sim -> real pair
     python benchmarks/adaptation_study.py --pair sim2real_texture --rows source_only fair_source_only da_joint \
@@ -41,7 +43,12 @@ Protocol (every number is produced by the project's own tools, one process per r
 4. **Per run**: AP50 (coco101) on the target test and dev splits and the source val, the mean ``meta/grad_cos``
    and the last discriminator accuracies of the training log, and the proxy A-distance of the final model
    (``tools/analyze_alignment.py``: source test vs target test, 200 images each).
-5. **Summary**: per row mean and 95% t-interval over seeds; paired per-seed difference to source-only and to
+5. **Powered comparison** (``--stage powered``, not part of ``all``): MetaAlign first order (chosen α) vs DA
+   joint and teacher + MetaAlign vs teacher + DA joint get more paired seeds (5, 6, ...; ``--jobs`` seeds at a
+   time) until the 95% interval of each paired difference is at most ``--target-half-width`` AP50 on either
+   side, or ``--max-seeds`` seeds are run. The rule looks only at the interval's width (the spread of the
+   differences), never at its sign or mean.
+6. **Summary**: per row mean and 95% t-interval over seeds; paired per-seed difference to source-only and to
    DA joint with its 95% interval; the share of the source-only -> oracle gap closed; written to
    ``<results>/summary.md`` and, with ``--docs``, ``docs/<study>.md``.
 
@@ -164,6 +171,8 @@ SWDA_ROWS = ("swda", "metaalign_swda_fo")
 # what SWDA's heads change against DA-Faster's, and what MetaAlign adds to each
 SWDA_PAIRS = (("swda", "source_only"), ("swda", "da_joint"), ("metaalign_swda_fo", "swda"))
 CORE = ("source_only", "da_joint", "oracle")  # + the MetaAlign first-order row at the chosen α
+# the powered comparison's (x, y) pairs; "metaalign_fo" stands for the first-order row at the chosen α
+POWERED_PAIRS = (("metaalign_fo", "da_joint"), ("teacher_metaalign_fo", "teacher_align"))
 _print_lock = threading.Lock()
 
 
@@ -416,6 +425,37 @@ class Study:
         if errors:
             raise SystemExit("[study] some runs failed:\n" + "\n".join(errors))
 
+    # -- the powered comparison -------------------------------------------------------------------------
+    def powered_pairs(self, recs):
+        """POWERED_PAIRS with the chosen α's row for "metaalign_fo" (left out until the sweep has chosen)."""
+        alpha = self.chosen_alpha(recs)
+        return [(f"metaalign_fo_a{alpha}" if x == "metaalign_fo" else x, y) for x, y in POWERED_PAIRS
+                if x != "metaalign_fo" or alpha is not None]
+
+    def powered_todo(self, recs):
+        """The (row, seed) runs of the next round: for each pair whose paired 95% interval is still wider than
+        ``--target-half-width`` on a side (or has fewer than 2 seeds), the ``--jobs`` smallest seeds below
+        ``--max-seeds`` that either row lacks. Empty when every pair is narrow enough or out of seeds."""
+        a = self.args
+        todo = []
+        for x, y in self.powered_pairs(recs):
+            tx = {s: r["ap"][TEST]["mAP"] for s, r in recs.get(x, {}).items()}
+            ty = {s: r["ap"][TEST]["mAP"] for s, r in recs.get(y, {}).items()}
+            d = paired_difference(tx, ty)
+            if d is not None and d["half_width"] is not None and d["half_width"] <= a.target_half_width:
+                continue
+            missing = [s for s in range(a.max_seeds) if s not in tx or s not in ty][:max(1, a.jobs)]
+            todo += [(r, s) for s in missing for r, have in ((x, tx), (y, ty)) if s not in have]
+        return list(dict.fromkeys(todo))
+
+    def run_powered(self):
+        while True:
+            todo = self.powered_todo(self.load())
+            if not todo:
+                return
+            log(f"powered comparison: next round {todo}")
+            self.run_all(todo)
+
     # -- results --------------------------------------------------------------------------------------
     def load(self):
         recs = {}
@@ -587,6 +627,18 @@ def summarize(study, recs):
                   "| x | y | seeds | Δ (x − y) | x better on |", "|---|---|---|---|---|"]
         lines += [f"| {ROWS[x][2]} | {ROWS[y][2]} | {len(d['seeds'])} | {_diff(d)} "
                   f"| {sum(v > 0 for v in d['diffs'])} of {len(d['diffs'])} |" for x, y, d in teacher_pairs]
+    powered = []
+    for x, y in study.powered_pairs(recs):
+        d = paired_difference(test.get(x, {}), test.get(y, {}))
+        if d is not None and len(d["seeds"]) > len(a.seeds):  # only once seeds beyond the rows' own were run
+            met = d["half_width"] is not None and d["half_width"] <= a.target_half_width
+            powered.append(f"| {ROWS[x][2]} | {ROWS[y][2]} | {len(d['seeds'])} | {_diff(d)} "
+                           f"| ±{d['half_width']:.1f} {'(target met)' if met else '(wider than the target)'} "
+                           f"| {sum(v > 0 for v in d['diffs'])} of {len(d['diffs'])} |")
+    if powered:
+        lines += ["", f"**Powered comparison** (`--stage powered`: paired seeds added until the 95% interval is at "
+                  f"most ±{a.target_half_width:g} AP50, at most {a.max_seeds} seeds; target test AP50, x − y):", "",
+                  "| x | y | seeds | Δ (x − y) | half width | x better on |", "|---|---|---|---|---|---|"] + powered
     dev = _dev_means(recs, [r for r in ["da_joint", *SEARCH] if r not in diverged_rows(recs, SEARCH)],
                      a.sweep_seeds)
     if len(dev) > 1:
@@ -680,8 +732,8 @@ def plot_study(recs, png, split=None, n_seeds=5):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", choices=["all", "base", "sweep", "core", "extra", "search", "teacher", "swda"],
-                   default="all")
+    p.add_argument("--stage", choices=["all", "base", "sweep", "core", "extra", "search", "teacher", "swda",
+                                       "powered"], default="all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="core rows' seeds")
     p.add_argument("--sweep-seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="seeds of the α sweep and of the extra rows")
@@ -695,6 +747,10 @@ def main():
     p.add_argument("--base-lr", type=float, default=0.01)
     p.add_argument("--base-seed", type=int, default=0)
     p.add_argument("--pad-images", type=int, default=200)
+    p.add_argument("--target-half-width", type=float, default=3.0,
+                   help="--stage powered: seeds are added until each paired 95%% interval is at most this wide "
+                        "on a side (AP50)")
+    p.add_argument("--max-seeds", type=int, default=20, help="--stage powered: seeds 0 .. max-seeds-1 at most")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--pair", choices=list(PAIRS), default="foggy", help="the generated pair (see above)")
     p.add_argument("--out-dir", help="checkpoints and logs (default: output/<study>)")
@@ -739,6 +795,8 @@ def main():
                 study.run_all([(r, s) for s in args.seeds for r in TEACHER_ROWS])  # seed-major
             if args.stage in ("all", "swda"):  # needs the sweep's α (SWDA + MetaAlign)
                 study.run_all([(r, s) for s in args.seeds for r in SWDA_ROWS])
+            if args.stage == "powered":  # after the core and teacher stages; long: not part of "all"
+                study.run_powered()
     recs = study.load()
     table, _ = summarize(study, recs)
     print("\n" + table + f"\n\n(this invocation: {(time.perf_counter() - t0) / 60:.1f} min)")

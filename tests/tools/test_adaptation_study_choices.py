@@ -26,7 +26,8 @@ def _rec(m, row, seed, dev, test):
 
 def _study(m, tmp_path, seeds=(0, 1, 2, 3, 4), sweep=(0, 1, 2)):
     args = argparse.Namespace(seeds=list(seeds), sweep_seeds=list(sweep), jobs=2, iters=400, lr=0.01,
-                              out_dir=str(tmp_path / "out"), results=str(tmp_path / "res"))
+                              out_dir=str(tmp_path / "out"), results=str(tmp_path / "res"),
+                              target_half_width=3.0, max_seeds=8)
     return m.Study(args)
 
 
@@ -108,6 +109,40 @@ def test_summary_lists_paired_differences_among_teacher_rows(study_mod, tmp_path
     # a pair with a row that has not run is left out
     assert not any(ln.startswith(f"| {m.ROWS['teacher_metaalign_fo'][2]} | {m.ROWS['teacher_align'][2]} |")
                    for ln in lines)
+
+
+def test_powered_comparison_adds_paired_seeds_until_the_interval_is_narrow(study_mod, tmp_path):
+    m = study_mod
+    study = _study(m, tmp_path)  # target ±3 AP50, at most 8 seeds, 2 jobs
+    alpha = m.ALPHAS[0]
+    ma, da = f"metaalign_fo_a{alpha}", "da_joint"
+    recs = {f"metaalign_fo_a{a}": {s: _rec(m, "x", s, dev=60.0 + (a == alpha), test=60.0) for s in (0, 1, 2)}
+            for a in m.ALPHAS}  # the sweep chose α = ALPHAS[0] on dev
+    # MetaAlign vs DA joint: differences +10, -10, +10, -10, +10 (half width >> 3): two more seeds, both rows
+    recs[ma].update({s: _rec(m, ma, s, dev=60.0, test=60.0 + (10 if s % 2 == 0 else -10)) for s in range(5)})
+    recs[da] = {s: _rec(m, da, s, dev=60.0, test=60.0) for s in range(5)}
+    # teacher + MetaAlign vs teacher + DA joint: +1.0 on every seed (zero width): nothing more to run
+    recs["teacher_metaalign_fo"] = {s: _rec(m, "t", s, dev=80.0, test=81.0 + s) for s in range(5)}
+    recs["teacher_align"] = {s: _rec(m, "t", s, dev=80.0, test=80.0 + s) for s in range(5)}
+    assert study.powered_pairs(recs) == [(ma, da), ("teacher_metaalign_fo", "teacher_align")]
+    assert study.powered_todo(recs) == [(ma, 5), (da, 5), (ma, 6), (da, 6)]
+    # a seed one row already has is run only for the other; the rule stops at --max-seeds (8)
+    recs[da][5] = _rec(m, da, 5, dev=60.0, test=60.0)
+    assert study.powered_todo(recs) == [(ma, 5), (ma, 6), (da, 6)]
+    for s in range(5, 8):
+        recs[ma][s] = _rec(m, ma, s, dev=60.0, test=70.0 if s % 2 == 0 else 50.0)
+        recs[da][s] = _rec(m, da, s, dev=60.0, test=60.0)
+    assert study.powered_todo(recs) == []  # still wide, but out of seeds
+    table, _ = m.summarize(study, recs)
+    line = next(ln for ln in table.splitlines() if ln.startswith(f"| {m.ROWS[ma][2]} | {m.ROWS[da][2]} | 8 |"))
+    assert "(wider than the target)" in line and line.endswith("| 4 of 8 |")
+    # narrow differences stop the rounds at once, whatever their sign
+    for s in range(8):
+        recs[ma][s]["ap"][m.TEST]["mAP"] = recs[da][s]["ap"][m.TEST]["mAP"] - 2.0 + 0.1 * (s % 2)
+    assert study.powered_todo(recs) == []
+    table, _ = m.summarize(study, recs)
+    assert "(target met)" in next(ln for ln in table.splitlines() if ln.startswith(f"| {m.ROWS[ma][2]} |"
+                                                                                   f" {m.ROWS[da][2]} | 8 |"))
 
 
 def test_finished_runs_keep_only_their_final_checkpoint(study_mod, tmp_path):

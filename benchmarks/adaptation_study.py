@@ -17,7 +17,9 @@ Pairs (``--pair``, docs/datasets.md): ``foggy`` (synthetic clear -> foggy, 3 cla
 the real style alone: texture, shapes, camera, layout, sensor). The rows' configs are the demo configs; on the
 sim -> real pairs every run overrides their datasets and class count. A ``sim2real_<part>`` pair shares the
 ``sim2real`` base detector (same source). Results go to ``benchmarks/results/<study>/`` and, with ``--docs``,
-``docs/<study>.md``, where ``<study>`` is ``adaptation_study`` (foggy) or ``adaptation_study_<pair>``.
+``docs/<study>.md``, where ``<study>`` is ``adaptation_study`` (foggy) or ``adaptation_study_<pair>``; the
+``sim2real`` summary also lists the one-part pairs' rows that exist (source-only, fair source-only, DA joint per
+part: which part augmentation undoes and which it does not).
 
 Protocol (every number is produced by the project's own tools, one process per run):
 
@@ -665,6 +667,46 @@ def summarize(study, recs):
     return "\n".join(lines), alpha
 
 
+PART_ROWS = ("source_only", "fair_source_only", "da_joint")  # the one-part pairs' rows (3 seeds)
+
+
+def parts_table(results_root, parts=SIM2REAL_PARTS):
+    """The per-part table of the sim -> real pair: for each shift part (its one-part pair's own study under
+    ``results_root/adaptation_study_sim2real_<part>/``), target test AP50 of the base detector and of PART_ROWS
+    (mean [95% CI] over seeds) and the paired gains of fair source-only and DA joint over source-only. Markdown
+    lines, [] while no part has a run."""
+    lines = []
+    for part in parts:
+        res = os.path.join(results_root, f"adaptation_study_sim2real_{part}")
+        test = PAIRS[f"sim2real_{part}"]["test"]
+        runs = {}
+        for row in PART_ROWS:
+            d = os.path.join(res, row)
+            for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+                if f.startswith("seed") and f.endswith(".json"):
+                    with open(os.path.join(d, f)) as fh:
+                        r = json.load(fh)
+                    runs.setdefault(row, {})[int(r["seed"])] = r["ap"][test]["mAP"]
+        if not runs:
+            continue
+        base = "-"
+        if os.path.exists(os.path.join(res, "base_eval.json")):
+            with open(os.path.join(res, "base_eval.json")) as fh:
+                base = f"{json.load(fh)['ap'][test]['mAP']:.1f}"
+        seeds = sorted(set().union(*(set(v) for v in runs.values())))
+        cells = [_ci(mean_ci(list(runs[r].values()))) if r in runs else "-" for r in PART_ROWS]
+        so = runs.get("source_only", {})
+        gains = [_diff(paired_difference(runs[r], so)) if r in runs and so else "-" for r in PART_ROWS[1:]]
+        lines.append(f"| {part} | {', '.join(map(str, seeds))} | {base} | " + " | ".join(cells + gains) + " |")
+    if not lines:
+        return []
+    return ["", "**Each shift part alone** (the sim source against a target with that part of the real style only, "
+            "`--pair sim2real_<part>`; the same base detector; target test AP50 of that part's test split, mean "
+            "[95% CI] over seeds; gains paired per seed):", "",
+            "| part | seeds | base | source-only | fair source-only | DA joint | fair − source-only "
+            "| DA joint − source-only |", "|---|---|---|---|---|---|---|---|"] + lines
+
+
 ROW_ORDER = ["source_only", "da_img", "da_joint"] + [f"metaalign_fo_a{x}" for x in ALPHAS] + \
     ["metaalign_fo_align_first", "metaalign_so"] + list(FAIR_ABLATION) + list(TEACHER_ROWS) + \
     [r for n in SEARCH for r in (n, "metaalign_fo_" + n[len("da_joint_"):])] + list(SWDA_ROWS) + ["oracle"]
@@ -799,6 +841,8 @@ def main():
                 study.run_powered()
     recs = study.load()
     table, _ = summarize(study, recs)
+    if PAIR is PAIRS["sim2real"]:  # the one-part pairs' rows, next to the whole shift's
+        table = "\n".join([table] + parts_table(os.path.dirname(args.results)))
     print("\n" + table + f"\n\n(this invocation: {(time.perf_counter() - t0) / 60:.1f} min)")
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "summary.md"), "w") as f:

@@ -3,6 +3,7 @@ summary renders paired differences and the search line from per-run records (no 
 records in the study's own format)."""
 import argparse
 import importlib.util
+import json
 import os
 
 import pytest
@@ -183,3 +184,26 @@ def test_pairs_put_every_run_on_their_own_datasets(study_mod, tmp_path):
             fresh.train_base()  # no sim2real base under these folders: a one-part pair does not train one
     finally:
         m.use_pair("foggy")
+
+
+def test_parts_table_reads_each_one_part_study(study_mod, tmp_path):
+    m = study_mod
+    root = tmp_path / "results"
+    assert m.parts_table(str(root)) == []  # nothing run yet
+    test = m.PAIRS["sim2real_camera"]["test"]
+
+    def put(row, seed, ap):
+        d = root / "adaptation_study_sim2real_camera" / row
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"seed{seed}.json").write_text(json.dumps({"row": row, "seed": seed, "ap": {test: {"mAP": ap}}}))
+    for s in (0, 1, 2):
+        put("source_only", s, 50.0 + s)
+        put("da_joint", s, 53.0 + s)  # +3 on every seed
+    put("fair_source_only", 0, 70.0)  # one seed only: its gain is a single difference
+    (root / "adaptation_study_sim2real_camera" / "base_eval.json").write_text(
+        json.dumps({"ap": {test: {"mAP": 48.3}}}))
+    lines = m.parts_table(str(root))
+    rows = [ln for ln in lines if ln.startswith("| ")][1:]
+    # source-only 50/51/52 and DA joint 53/54/55: t-intervals ±2.5 (t 4.303, SD 1, n 3); fair on one seed
+    assert rows == ["| camera | 0, 1, 2 | 48.3 | 51.0 [48.5, 53.5] | 70.0 | 54.0 [51.5, 56.5] | +20.0 (1 seed) "
+                    "| +3.0 [+3.0, +3.0] |"]

@@ -207,6 +207,13 @@ def prune_checkpoints(out):
     return removed
 
 
+def pad_config(row=None):
+    """The config analyze_alignment builds a row's model from: DA joint's for every row (its heads measure
+    grad_cos; a checkpoint without them still loads), the row's own for the SWDA rows, whose box predictor reads
+    the context vectors (a wider input). Both read the same levels (DA_HEADS.IMG_IN_FEATURES p3-p5)."""
+    return ROWS[row][0] if row in SWDA_ROWS else "da_joint_R18_FPN.yaml"
+
+
 def _read_ap(path):
     with open(path) as f:
         d = json.load(f)
@@ -331,9 +338,9 @@ class Study:
         return {name: {"mAP": r["mAP"], "classes": {c["name"]: c["ap"] for c in r["classes"]}}
                 for name, r in d.items()}
 
-    def _pad(self, weights, path, threads, ema=False):
+    def _pad(self, weights, path, threads, ema=False, row=None):
         cmd = [sys.executable, os.path.join(ROOT, "tools", "analyze_alignment.py"), "--config-file",
-               os.path.join(DEMO, "da_joint_R18_FPN.yaml"), "--weights", weights, "--source-dataset", PAD_SOURCE,
+               os.path.join(DEMO, pad_config(row)), "--weights", weights, "--source-dataset", PAD_SOURCE,
                "--target-dataset", PAD_TARGET, "--max-images", str(self.args.pad_images), "--output", path]
         if ema:  # the evaluated model of an EMA row is the checkpoint's "ema" entry
             cmd += ["MODEL.EMA.ENABLED", "True"]
@@ -399,7 +406,7 @@ class Study:
             raise RuntimeError(f"{row} seed {seed} failed (exit {rc}); see {out}/run.log")
         train_s = time.perf_counter() - t0
         pad = self._pad(os.path.join(out, "model_final.pth"), os.path.join(out, "pad.json"), threads,
-                        ema=row in EMA_ROWS)
+                        ema=row in EMA_ROWS, row=row)
         rec = {"row": row, "seed": seed, "config": f"configs/demo/{config}", "overrides": extra,
                "schedule": {"iters": a.iters, "lr": a.lr, "warmup": max(1, a.iters // 10),
                             "decay_at": int(a.iters * 0.8), "batch": "2 source + 2 target"},

@@ -207,3 +207,17 @@ def test_parts_table_reads_each_one_part_study(study_mod, tmp_path):
     # source-only 50/51/52 and DA joint 53/54/55: t-intervals ±2.5 (t 4.303, SD 1, n 3); fair on one seed
     assert rows == ["| camera | 0, 1, 2 | 48.3 | 51.0 [48.5, 53.5] | 70.0 | 54.0 [51.5, 56.5] | +20.0 (1 seed) "
                     "| +3.0 [+3.0, +3.0] |"]
+
+
+def test_pad_builds_each_row_from_a_config_its_checkpoint_fits(study_mod):
+    """SWDA rows' box predictor reads the context vectors: their PAD uses their own config, at the same levels."""
+    m = study_mod
+    from metaalign_det.cli import setup_cfg
+
+    assert m.pad_config("da_joint") == m.pad_config("source_only") == m.pad_config() == "da_joint_R18_FPN.yaml"
+    demo = os.path.join(REPO, "configs", "demo")
+    ref = setup_cfg(os.path.join(demo, m.pad_config()), [])
+    for row in m.SWDA_ROWS:
+        cfg = setup_cfg(os.path.join(demo, m.pad_config(row)), [])
+        assert cfg.MODEL.SWDA.LOCAL_CONTEXT and cfg.MODEL.ROI_HEADS.NAME == "ContextStandardROIHeads"
+        assert cfg.MODEL.DA_HEADS.IMG_IN_FEATURES == ref.MODEL.DA_HEADS.IMG_IN_FEATURES  # the PAD levels

@@ -12,12 +12,12 @@ next to them. Phases:
   resumed run (several processes) from the end of the previous process's training instead, summed;
 * **steps**: "Total training time" minus its hooks part, i.e. the training iterations themselves; of it,
   **data** = mean ``data_time`` x iterations (the step waiting for the loader);
-* **hooks**: periodic checkpoints and evaluations and the final evaluation ("... on hooks");
-  **evaluation** = the evaluator's "Total inference time" lines plus the AP computation after each (up to its
-  "Evaluation results" line);
-* **after training**: the last line of log.txt to the end of the process (writers, the final checkpoint flush);
-* **PAD**: the proxy A-distance / grad_cos analysis the study runs afterwards (first to last line of
-  ``pad.json.log``), when it exists.
+* **evaluation**: the evaluator's "Total inference time" lines plus the AP computation after each (up to its
+  "Evaluation results" line), periodic ones (inside the hooks) and the final test after training alike;
+* **checkpoints, other hooks**: the trainer's "... on hooks" less the evaluations inside it;
+* **other after training**: from "Total training time" to the last line of log.txt, less the final test;
+* **PAD**: the proxy A-distance / grad_cos analysis the study runs afterwards (first to last timestamped line
+  of ``pad.json.log``; else, from the study's record of the run, its seconds minus its training seconds).
 
 Times from log lines are exact to about a second each; the phases of a 10-minute run add up to its wall time
 within a few seconds.
@@ -70,7 +70,7 @@ def profile(run_dir):
     first, last = lines[0][0], lines[-1][0]
     # one segment per process (a resumed run has several): its start-up runs from the end of the previous one
     start_up = train_total = hooks = after = 0.0
-    prev_end, seg_start, finished = first, None, 0
+    prev_end, seg_start, finished, segments = first, None, 0, []
     for t, ln in lines:
         if "Starting training from iteration" in ln:
             seg_start = t
@@ -81,6 +81,7 @@ def profile(run_dir):
             hook = _seconds(ln.split("(")[-1]) if "on hooks" in ln else 0.0
             train_total, hooks = train_total + total, hooks + hook
             after += max(0.0, (t - seg_start).total_seconds() - total)
+            segments.append((seg_start, t))
             prev_end, seg_start, finished = t, None, finished + 1
     if not finished:
         raise ValueError(f"{log}: the run did not start or did not finish (no 'Starting training' / "
@@ -91,7 +92,8 @@ def profile(run_dir):
         if "Total inference time:" in ln:
             pending = (t, _seconds(ln.split("Total inference time:")[1]))
         elif "Evaluation results for" in ln and "csv format" in ln and pending is not None:
-            evals.append(pending[1] + (t - pending[0]).total_seconds())
+            # (seconds, whether it ran inside a training segment -- a hook -- or after one: the final test)
+            evals.append((pending[1] + (t - pending[0]).total_seconds(), any(a <= t <= b for a, b in segments)))
             pending = None
     it, data = _metrics(os.path.join(run_dir, "metrics.json"))
     out = {
@@ -102,18 +104,24 @@ def profile(run_dir):
         "data_wait": data * it if it else None,
         "iterations": it,
         "hooks": hooks,
-        "evaluation": sum(evals),
+        "evaluation": sum(e for e, _ in evals),
+        "evaluation_in_hooks": sum(e for e, inside in evals if inside),
         "evaluations": len(evals),
         "after_training": after,
         "logged_wall": (last - first).total_seconds(),
     }
+    out["checkpoints_and_hooks"] = hooks - out["evaluation_in_hooks"]
+    out["after_training_other"] = after - (out["evaluation"] - out["evaluation_in_hooks"])
     pad_log = os.path.join(run_dir, "pad.json.log")
     if os.path.isfile(pad_log):
         pad = list(_lines(pad_log))
-        out["pad"] = (pad[-1][0] - pad[0][0]).total_seconds() if pad else None
+        out["pad"] = (pad[-1][0] - pad[0][0]).total_seconds() if len(pad) > 1 else None
     record = _study_record(run_dir)
     if record:
         out["study_seconds"], out["study_train_seconds"] = record.get("seconds"), record.get("train_seconds")
+        if out.get("pad") is None and record.get("seconds") and record.get("train_seconds"):
+            # the study times the PAD process (its log has no timestamps): run seconds minus training seconds
+            out["pad"] = record["seconds"] - record["train_seconds"]
     return out
 
 
@@ -152,9 +160,10 @@ def _fmt(v):
 
 
 def markdown(profiles):
-    cols = ["start_up", "steps", "data_wait", "hooks", "evaluation", "after_training", "pad", "study_seconds"]
-    head = ["run", "iterations", "start-up s", "steps s", "of it data wait s", "hooks s", "of it evaluation s",
-            "after training s", "PAD s", "study total s"]
+    cols = ["start_up", "steps", "data_wait", "checkpoints_and_hooks", "evaluation", "after_training_other", "pad",
+            "study_seconds"]
+    head = ["run", "iterations", "start-up s", "steps s", "of it data wait s", "checkpoints, other hooks s",
+            "evaluation s", "other after training s", "PAD s", "study total s"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in profiles:
         out.append(f"| {p['run']} | {p['iterations']} | " + " | ".join(_fmt(p.get(c)) for c in cols) + " |")

@@ -43,12 +43,27 @@ def test_phases_add_up_over_a_resumed_run(prof, tmp_path):
     assert p["processes"] == 2 and p["iterations"] == 400
     assert p["start_up"] == 15 + 55  # 10:00:00 -> 10:00:15, then 10:03:25 -> 10:04:20
     assert p["steps"] == (190 - 25) + (190 - 40) and p["hooks"] == 65
-    assert p["evaluation"] == pytest.approx(12 + 2 + 20 + 10)
+    assert p["evaluation"] == pytest.approx(12 + 2 + 20 + 10) and p["evaluation_in_hooks"] == pytest.approx(44)
+    assert p["checkpoints_and_hooks"] == pytest.approx(65 - 44)
     assert p["data_wait"] == pytest.approx(0.05 * 400)
     assert p["after_training"] == 3  # the second segment ends with its total line; 3 s of writing after it
     assert p["start_up"] + p["steps"] + p["hooks"] + p["after_training"] == p["logged_wall"] == 453
     table = prof.markdown([p])
-    assert "| 400 | 70 | 315 | 20 | 65 | 44 | 3 | - | - |" in table
+    assert "| 400 | 70 | 315 | 20 | 21 | 44 | 3 | - | - |" in table
+
+
+def test_a_final_test_after_training_is_evaluation_not_after_training(prof, tmp_path):
+    """The trainer's final test runs after "Total training time": counted as evaluation, not as other time."""
+    log = LOG.splitlines()[:2] + [
+        "[12/03 10:03:25] detectron2.engine.hooks INFO: Total training time: 0:03:10 (0:00:03 on hooks)",
+        "[12/03 10:03:50] d2.evaluation.evaluator INFO: Total inference time: 0:00:20 (0.2 s / iter)",
+        "[12/03 10:03:55] d2.engine.defaults INFO: Evaluation results for test in csv format:",
+        "[12/03 10:03:57] metaalign_det INFO: done"]
+    (tmp_path / "log.txt").write_text("\n".join(log) + "\n")
+    p = prof.profile(str(tmp_path))
+    assert p["evaluation"] == pytest.approx(25) and p["evaluation_in_hooks"] == 0
+    assert p["after_training"] == 32 and p["after_training_other"] == pytest.approx(7)
+    assert p["checkpoints_and_hooks"] == 3
 
 
 def test_not_a_run_folder_is_one_line_and_exit_2(prof, tmp_path, capsys):

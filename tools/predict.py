@@ -13,10 +13,10 @@ detectron2 reads them for inference (EXIF orientation applied: width/height are 
 
 The JSON (written atomically) has "images" (id, file_name, width, height; a video frame is one image named
 "<video>#<frame index>" with its "frame_index"), "categories" (id, name: the class names of the config's
-DATASETS.TEST[0] or TRAIN[0] -- a register_coco_instances set's JSON categories --, else class_<index>; ids are the dataset's own where its metadata maps them,
-else index + 1), "annotations" (id, image_id, category_id, bbox [x, y, w, h] in pixels of the image as
-displayed, score) -- a list pycocotools' COCO.loadRes reads as it is -- and "info" (config, weights, whether
-the EMA / teacher weights were used, score threshold, skipped files).
+DATASETS.TEST[0] or TRAIN[0] -- a register_coco_instances set's JSON categories --, else class_<index>; ids are the
+dataset's own where its metadata maps them, else index + 1), "annotations" (id, image_id, category_id, bbox [x, y,
+w, h] in pixels of the image as displayed, score) -- a list pycocotools' COCO.loadRes reads as it is -- and "info"
+(config, weights, whether the EMA / teacher weights were used, score threshold, skipped files).
 
 An unreadable image (or a video without a readable frame) is skipped with a warning naming it and counted; if
 nothing can be read the run fails. Bad input (missing config or weights, weights that do not fit the config,

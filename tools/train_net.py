@@ -11,15 +11,12 @@ Bad input (missing config file, unknown dataset or missing split, a bad key valu
 CUDA config or ``--num-gpus N`` on a machine without CUDA, an OUTPUT_DIR that cannot be written or that another
 run holds, an unreadable checkpoint to resume from) exits with status 2 and one ``error:`` line, before the
 first iteration; so does a checkpoint that cannot be saved (disk full) during training. Ctrl-C exits with
-status 1 and one line naming the checkpoint ``--resume`` continues from; so does SIGTERM (``kill``, a job
-scheduler's preemption), which ends the run as Ctrl-C does instead of at once (the run lock released).
+status 1 and one line naming the checkpoint ``--resume`` continues from.
 The console shows the run; the environment, config and model dumps are in OUTPUT_DIR/log.txt.
 """
 import logging
 import os
-import signal
 import sys
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
@@ -96,17 +93,9 @@ def main(args, cfg=None):
     return trainer.train()
 
 
-def _sigterm_as_ctrl_c():
-    """SIGTERM raises KeyboardInterrupt, as Ctrl-C: Python's default would end the process on the spot, leaving
-    the run lock behind and no line saying which checkpoint ``--resume`` continues from."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-
 def cli(argv=None):
     """Exit status: 0 done, 2 one ``error:`` line (bad input, a run that cannot go on), 1 interrupted."""
     args = default_argument_parser().parse_args(argv)
-    _sigterm_as_ctrl_c()
     lock = None
     try:
         check_num_gpus(args.num_gpus)

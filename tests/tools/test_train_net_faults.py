@@ -188,29 +188,6 @@ def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_pa
     assert _resumed_at(out) == saved_at + 1 and _tag(out) == "model_final.pth"
 
 
-def test_sigterm_ends_the_run_as_ctrl_c(datasets_root, tmp_path):
-    """kill / a scheduler's preemption: the same one line and exit status as Ctrl-C, and the run lock released
-    (Python's default SIGTERM would end the process on the spot and leave the lock behind)."""
-    out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(out, "SOLVER.MAX_ITER", "500", *SLOW_LR), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env(datasets_root))
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / "last_checkpoint").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
-            time.sleep(0.2)
-        assert (out / LOCK_NAME).exists()
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-    line = _one_line(done, code=1, prefix="interrupted at iteration ")
-    assert line.endswith(f"{out / _tag(out)}: resume with --resume"), line
-    assert not (out / LOCK_NAME).exists() and _leftovers(out) == []
-
-
 # ---- 4. --num-gpus 2 without CUDA --------------------------------------------------------------------------
 def test_num_gpus_without_cuda_is_one_line_before_launch(datasets_root, tmp_path):
     out = tmp_path / "out"

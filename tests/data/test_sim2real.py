@@ -17,6 +17,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from metaalign_det.data.datasets import builtin
 from metaalign_det.data.datasets import sim2real as S
 from metaalign_det.data.datasets import sim2real_render as R
+from tests.helpers.files import tree_bytes
 
 TINY = dataclasses.replace(S.DEFAULT_SIM2REAL_PARAMS, n_train=3, n_val=2, n_dev=2, n_test=2)
 REAL = R.RealStyle()
@@ -29,14 +30,7 @@ def _seeds(n=N_SCENES, stream=5):
     return [(TINY.seed, stream, i) for i in range(n)]
 
 
-def _tree_bytes(root):
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = fh.read()
-    return out
+_tree_bytes = tree_bytes
 
 
 def _read_rgb(path):

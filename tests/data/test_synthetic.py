@@ -16,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from metaalign_det.data.datasets import builtin
 from metaalign_det.data.datasets import synthetic as S
 from metaalign_det.data.datasets import synthetic_render as R
+from tests.helpers.files import tree_bytes
 
 TINY = dataclasses.replace(S.DEFAULT_PARAMS, n_train=3, n_val=2, n_dev=2, n_test=2)
 
@@ -24,14 +25,7 @@ def _read_rgb(path):
     return cv2.imread(path, cv2.IMREAD_UNCHANGED)[..., ::-1]
 
 
-def _tree_bytes(root):
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = fh.read()
-    return out
+_tree_bytes = tree_bytes
 
 
 def test_same_seed_same_bytes(tmp_path):

@@ -11,7 +11,9 @@ Bad input (missing config file, unknown dataset or missing split, a bad key valu
 CUDA config or ``--num-gpus N`` on a machine without CUDA, an OUTPUT_DIR that cannot be written or that another
 run holds, an unreadable checkpoint to resume from) exits with status 2 and one ``error:`` line, before the
 first iteration; so does a checkpoint that cannot be saved (disk full) during training. Ctrl-C exits with
-status 1 and one line naming the checkpoint ``--resume`` continues from.
+status 1 and one line naming the checkpoint ``--resume`` continues from; so does SIGTERM (``kill``, a job
+scheduler's preemption), which ends the run as Ctrl-C does instead of at once (the run lock released). A
+checkpoint being written when either arrives is completed first.
 The console shows the run; the environment, config and model dumps are in OUTPUT_DIR/log.txt.
 """
 import logging
@@ -46,6 +48,7 @@ from metaalign_det.engine.trainer import (  # noqa: E402
     check_num_gpus,
 )
 from metaalign_det.evaluation import load_eval_weights  # noqa: E402
+from metaalign_det.utils.interrupts import sigterm_as_ctrl_c  # noqa: E402
 
 Trainer = MetaAlignTrainer
 
@@ -96,6 +99,7 @@ def main(args, cfg=None):
 def cli(argv=None):
     """Exit status: 0 done, 2 one ``error:`` line (bad input, a run that cannot go on), 1 interrupted."""
     args = default_argument_parser().parse_args(argv)
+    sigterm_as_ctrl_c()
     lock = None
     try:
         check_num_gpus(args.num_gpus)

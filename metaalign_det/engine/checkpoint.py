@@ -19,6 +19,7 @@ import torch
 from detectron2.utils.file_io import PathManager
 
 from .. import compat
+from ..utils.interrupts import held_interrupts
 from ..utils.io import FILE_MODE, atomic_open
 
 __all__ = ["AtomicDetectionCheckpointer", "atomic_output", "CheckpointWriteError", "intact_checkpoints",
@@ -73,6 +74,7 @@ def atomic_output(path: str) -> Iterator[io.BufferedIOBase]:
 class AtomicDetectionCheckpointer(compat.CheckpointerBase):
     """``DetectionCheckpointer`` whose ``save`` / ``tag_last_checkpoint`` write atomically through
     :func:`atomic_output` (local: temp file, fsync, rename, mode 0644; remote: through ``PathManager``).
+    A Ctrl-C or SIGTERM arriving during ``save`` is delivered once the checkpoint and its tag are written.
 
     ``save`` refuses (FloatingPointError) a model with a non-finite floating-point weight or buffer: the
     trainer stops a diverged run before its checkpoint hook, this is the last line of defence. Reading a file
@@ -99,10 +101,13 @@ class AtomicDetectionCheckpointer(compat.CheckpointerBase):
         previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
         what = f"cannot save checkpoint {save_file}"
         try:
-            with atomic_output(save_file) as f:
-                torch.save(data, f)
-            what = f"saved {save_file} but cannot update last_checkpoint"
-            self.tag_last_checkpoint(os.path.basename(save_file))
+            # Ctrl-C / SIGTERM wait for the checkpoint and its tag: the run then stops with this one complete
+            # (an interrupted torch.save fails with a RuntimeError while unwinding, logged with a traceback)
+            with held_interrupts():
+                with atomic_output(save_file) as f:
+                    torch.save(data, f)
+                what = f"saved {save_file} but cannot update last_checkpoint"
+                self.tag_last_checkpoint(os.path.basename(save_file))
         except (OSError, RuntimeError) as e:
             os_error = _os_error_in(e)
             if os_error is None:

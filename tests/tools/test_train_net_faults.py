@@ -45,6 +45,17 @@ def _one_line(proc, code=2, prefix="error: "):
     return lines[-1]
 
 
+def _communicate_or_dump(proc, timeout=120):
+    """``proc.communicate`` after a signal; a process still running after ``timeout`` s gets SIGABRT, which
+    (PYTHONFAULTHANDLER=1) prints where each of its threads is stuck: the failure shows that stack."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"still running {timeout} s after the signal; its stacks:\n{stderr[-6000:]}")
+
+
 def _tag(out):
     with open(os.path.join(out, "last_checkpoint")) as f:
         return f.read().strip()
@@ -157,7 +168,8 @@ def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_pa
     out = tmp_path / "out"
     # a small lr: on a loaded machine the run may train for a while before the signal, and must not diverge first
     proc = subprocess.Popen(_cmd(out, "SOLVER.MAX_ITER", "500", *SLOW_LR), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env(datasets_root))
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env=_env(datasets_root, PYTHONFAULTHANDLER="1"))
     try:
         deadline = time.monotonic() + 300
         while not (out / "last_checkpoint").exists():
@@ -170,7 +182,7 @@ def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_pa
                                             f"host {socket.gethostname()}, running since "), second.stderr[-2000:]
         assert (out / "config.yaml").read_text() == config_before and proc.poll() is None
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = _communicate_or_dump(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -186,6 +198,30 @@ def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_pa
     again = _run(datasets_root, out, "SOLVER.MAX_ITER", str(saved_at + 3), *SLOW_LR, resume=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _resumed_at(out) == saved_at + 1 and _tag(out) == "model_final.pth"
+
+
+def test_sigterm_ends_the_run_as_ctrl_c(datasets_root, tmp_path):
+    """kill / a scheduler's preemption: the same one line and exit status as Ctrl-C, and the run lock released
+    (Python's default SIGTERM would end the process on the spot and leave the lock behind)."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(out, "SOLVER.MAX_ITER", "500", *SLOW_LR), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env=_env(datasets_root, PYTHONFAULTHANDLER="1"))
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "last_checkpoint").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+            time.sleep(0.2)
+        assert (out / LOCK_NAME).exists()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = _communicate_or_dump(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    line = _one_line(done, code=1, prefix="interrupted at iteration ")
+    assert line.endswith(f"{out / _tag(out)}: resume with --resume"), line
+    assert not (out / LOCK_NAME).exists() and _leftovers(out) == []
 
 
 # ---- 4. --num-gpus 2 without CUDA --------------------------------------------------------------------------

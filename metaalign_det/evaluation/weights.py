@@ -40,6 +40,20 @@ def _some(keys: List[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + more
 
 
+_CLS_SCORE = "roi_heads.box_predictor.cls_score.bias"  # [num_classes + 1]: detectron2's softmax has a background
+
+
+def _class_count_hint(bad: List[Tuple[str, tuple, tuple]]) -> str:
+    """When the box classifier's output size differs (the usual cause: a checkpoint trained for another number
+    of classes), the setting that makes it fit; else ''. ``bad``: (key, checkpoint shape, model shape)."""
+    for key, got, want in bad:
+        if key == _CLS_SCORE and len(got) == len(want) == 1 and got[0] != want[0]:
+            k, n = got[0] - 1, want[0] - 1
+            return (f". The checkpoint detects {k} class{'es' if k != 1 else ''}, the config {n}: set "
+                    f"MODEL.ROI_HEADS.NUM_CLASSES {k}")
+    return ""
+
+
 def _check_exists(path: str) -> None:
     if "://" not in path and not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -75,7 +89,8 @@ def _compare(model, ckpt: Dict, path: str, allow_missing: bool) -> List[str]:
     if bad:
         shown = "; ".join(f"{k}: checkpoint {list(g)} vs model {list(w)}" for k, g, w in sorted(bad)[:_SHOWN])
         more = f" (and {len(bad) - _SHOWN} more)" if len(bad) > _SHOWN else ""
-        raise WeightsMismatchError(f"{path}: {len(bad)} weight shape(s) do not fit the config: {shown}{more}")
+        raise WeightsMismatchError(f"{path}: {len(bad)} weight shape(s) do not fit the config: {shown}{more}"
+                                   f"{_class_count_hint(bad)}")
     missing = [k for k in model_state if k not in state and not k.endswith("num_batches_tracked")]
     needed = [k for k in missing if k.startswith(INFERENCE_PREFIXES)]
     if needed and not allow_missing:

@@ -60,4 +60,6 @@ def test_weights_that_do_not_fit_name_the_keys(tiny_model_files, toy_coco):
     line = last_stderr_line(proc)
     assert line.startswith(f"eval.py: error: {bad_ckpt}: 4 weight shape(s) do not fit the config:"), line
     assert "roi_heads.box_predictor.cls_score.weight: checkpoint [4, 32] vs model [3, 32]" in line
+    # the usual cause, named with the setting that fixes it (cls_score: classes + background)
+    assert line.endswith(". The checkpoint detects 3 classes, the config 2: set MODEL.ROI_HEADS.NUM_CLASSES 3"), line
     _no_traceback(proc)

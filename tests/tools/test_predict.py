@@ -241,6 +241,7 @@ def test_bad_inputs(trained, tiny_model_files, tmp_path):
     _, two_class_ckpt, _ = tiny_model_files  # the same tiny model with 2 classes: its predictor does not fit
     msg = _one_error_line(_predict(cfg, two_class_ckpt, "--input", images, "--output", out))
     assert msg.startswith(f"{two_class_ckpt}: 4 weight shape(s) do not fit the config:"), msg
+    assert msg.endswith("set MODEL.ROI_HEADS.NUM_CLASSES 2"), msg
     assert not os.path.exists(out)
 
 

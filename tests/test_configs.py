@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from metaalign_det.cli import setup_cfg
-from metaalign_det.engine.trainer import check_step_config
+from metaalign_det.engine.trainer import check_solver_config, check_step_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -60,3 +60,37 @@ def test_manifest_parses(path):
     assert manifest["classes"] and all(isinstance(c, str) for c in manifest["classes"])
     for role in ("source", "target"):
         assert manifest[role]["type"] in ("coco", "voc", "registered", "images"), (role, manifest[role])
+
+
+QUICK_DA = os.path.join(ROOT, "configs", "quick_schedules", "da_joint_R18_FPN_synthetic.yaml")
+
+
+@pytest.mark.parametrize("opts, world, message", [
+    (["SOLVER.IMS_PER_BATCH", "0"], 1, "SOLVER.IMS_PER_BATCH is 0: expected the number of images per step"),
+    (["SOLVER.TARGET_IMS_PER_BATCH", "-2"], 1, "SOLVER.TARGET_IMS_PER_BATCH is -2: expected"),
+    (["SOLVER.IMS_PER_BATCH", "6"], 4, "SOLVER.IMS_PER_BATCH is 6, which 4 processes cannot share evenly: use a "
+                                       "multiple of 4"),
+    (["SOLVER.TARGET_IMS_PER_BATCH", "3", "SOLVER.IMS_PER_BATCH", "2"], 2, "SOLVER.TARGET_IMS_PER_BATCH is 3, which 2"),
+    (["SOLVER.MAX_ITER", "0"], 1, "SOLVER.MAX_ITER is 0: expected an integer >= 1"),
+    (["SOLVER.LOG_PERIOD", "0"], 1, "SOLVER.LOG_PERIOD is 0: expected an integer >= 1"),
+    (["TEST.EVAL_PERIOD", "-1"], 1, "TEST.EVAL_PERIOD is -1: expected an integer >= 0"),
+    (["SOLVER.BASE_LR", "0.0"], 1, "SOLVER.BASE_LR is 0.0: expected a finite learning rate > 0"),
+])
+def test_bad_schedule_numbers_are_one_error_naming_the_key(opts, world, message):
+    with pytest.raises(ValueError) as e:
+        check_solver_config(setup_cfg(QUICK_DA, opts), world)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("lr", ["inf", "nan"])
+def test_a_non_finite_learning_rate_from_a_yaml_file_is_refused(tmp_path, lr):
+    path = tmp_path / "lr.yaml"  # YAML's .inf / .nan (an override on the command line cannot say them)
+    path.write_text(f"_BASE_: {QUICK_DA}\nSOLVER:\n  BASE_LR: .{lr}\n")
+    with pytest.raises(ValueError, match=f"^SOLVER.BASE_LR is {lr}: expected a finite learning rate > 0$"):
+        check_solver_config(setup_cfg(str(path)), 1)
+
+
+def test_schedule_checks_accept_the_shipped_configs_and_ignore_the_target_batch_without_target_images():
+    check_solver_config(setup_cfg(QUICK_DA, ["SOLVER.IMS_PER_BATCH", "8", "SOLVER.TARGET_IMS_PER_BATCH", "4"]), 4)
+    source_only = setup_cfg(QUICK_DA, ["DATASETS.TRAIN_TARGET", "()", "SOLVER.TARGET_IMS_PER_BATCH", "0"])
+    check_solver_config(source_only, 1)  # no target images are loaded: their batch size does not matter

@@ -46,6 +46,7 @@ from metaalign_det.engine.trainer import (  # noqa: E402
     check_eval_config,
     check_model_weights,
     check_num_gpus,
+    check_solver_config,
 )
 from metaalign_det.evaluation import load_eval_weights  # noqa: E402
 from metaalign_det.utils.interrupts import sigterm_as_ctrl_c  # noqa: E402
@@ -55,9 +56,11 @@ Trainer = MetaAlignTrainer
 
 def build_cfg(args):
     """cfg from the file + overrides (manifests registered), checked before anything runs: the device and
-    OUTPUT_DIR (created, and a file can be written into it)."""
+    OUTPUT_DIR (created, and a file can be written into it), the schedule's numbers (training only)."""
     cfg = setup_cfg(args.config_file, args.opts)
     check_device(cfg)
+    if not args.eval_only:  # before launch: with N processes each would stop with its own traceback
+        check_solver_config(cfg, args.num_gpus * args.num_machines)
     check_output_dir(cfg.OUTPUT_DIR)
     return cfg
 

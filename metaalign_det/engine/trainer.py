@@ -39,6 +39,7 @@ __all__ = [
     "build_step_trainer",
     "check_device",
     "check_step_config",
+    "check_solver_config",
     "check_eval_config",
     "check_model_weights",
     "check_num_gpus",
@@ -79,6 +80,33 @@ def check_step_config(cfg: CfgNode) -> None:
             f"{cfg.MODEL.META_ARCHITECTURE!r}: set it to 'DomainAdaptiveRCNN'"
         )
     check_teacher_config(cfg)  # MODEL.EMA / TEACHER / INPUT.STRONG_AUG
+    check_solver_config(cfg, comm.get_world_size())
+
+
+def check_solver_config(cfg: CfgNode, world_size: int = 1) -> None:
+    """The schedule's numbers: batch sizes >= 1 and divisible by the number of processes (``world_size``:
+    detectron2 splits a global batch evenly; the target batch only when DATASETS.TRAIN_TARGET is set),
+    MAX_ITER >= 1, CHECKPOINT_PERIOD and LOG_PERIOD >= 1 (they are taken modulo), EVAL_PERIOD >= 0, BASE_LR a
+    finite number > 0. Each as one error naming the key (detectron2 would stop later with an assertion or a
+    ZeroDivisionError traceback)."""
+    s = cfg.SOLVER
+    batches = [("SOLVER.IMS_PER_BATCH", s.IMS_PER_BATCH)]
+    if len(cfg.DATASETS.TRAIN_TARGET):
+        batches.append(("SOLVER.TARGET_IMS_PER_BATCH", s.TARGET_IMS_PER_BATCH))
+    for key, n in batches:
+        if n < 1:
+            raise ValueError(f"{key} is {n}: expected the number of images per step over all processes, >= 1")
+        if n % world_size:
+            raise ValueError(f"{key} is {n}, which {world_size} processes cannot share evenly: use a multiple of "
+                             f"{world_size}")
+    for key, value, least in (("SOLVER.MAX_ITER", s.MAX_ITER, 1), ("SOLVER.CHECKPOINT_PERIOD", s.CHECKPOINT_PERIOD, 1),
+                              ("SOLVER.LOG_PERIOD", cfg.SOLVER.get("LOG_PERIOD", 1), 1),
+                              ("TEST.EVAL_PERIOD", cfg.TEST.EVAL_PERIOD, 0)):
+        if value < least:
+            raise ValueError(f"{key} is {value}: expected an integer >= {least}")
+    lr = float(s.BASE_LR)
+    if not (lr > 0 and lr != float("inf")):
+        raise ValueError(f"SOLVER.BASE_LR is {s.BASE_LR}: expected a finite learning rate > 0")
 
 
 def _one_line(e):

@@ -160,7 +160,7 @@ def _cuda_less_env():
 
 
 @pytest.mark.parametrize("case", ["unknown_test_set", "missing_test_split", "ap_metric", "missing_weights",
-                                  "gpu_config_on_cpu", "diverging_lr"])
+                                  "gpu_config_on_cpu", "diverging_lr", "no_target_images", "checkpoint_period_0"])
 def test_bad_inputs_fail_before_training_with_one_line(datasets_root, tmp_path, case):
     quick = os.path.join(QUICK, "da_joint_R18_FPN_synthetic.yaml")
     out = tmp_path / "out"
@@ -180,6 +180,12 @@ def test_bad_inputs_fail_before_training_with_one_line(datasets_root, tmp_path, 
         "diverging_lr": (quick, ["SOLVER.BASE_LR", "1000", "SOLVER.WARMUP_ITERS", "0",
                                  "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.MAX_ITER", "3"], {},
                          "error: training diverged at iteration 0: "),
+        # detectron2 would stop with an AssertionError / ZeroDivisionError traceback
+        "no_target_images": (quick, ["SOLVER.TARGET_IMS_PER_BATCH", "0"], {},
+                             "error: SOLVER.TARGET_IMS_PER_BATCH is 0: expected the number of images per step "
+                             "over all processes, >= 1"),
+        "checkpoint_period_0": (quick, ["SOLVER.CHECKPOINT_PERIOD", "0"], {},
+                                "error: SOLVER.CHECKPOINT_PERIOD is 0: expected an integer >= 1"),
     }[case]
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="2", **env)
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config,

@@ -47,6 +47,7 @@ from metaalign_det.engine.trainer import (  # noqa: E402
     check_model_weights,
     check_num_gpus,
     check_solver_config,
+    launcher_interrupted_message,
 )
 from metaalign_det.evaluation import load_eval_weights  # noqa: E402
 from metaalign_det.utils.interrupts import sigterm_as_ctrl_c  # noqa: E402
@@ -103,7 +104,7 @@ def cli(argv=None):
     """Exit status: 0 done, 2 one ``error:`` line (bad input, a run that cannot go on), 1 interrupted."""
     args = default_argument_parser().parse_args(argv)
     sigterm_as_ctrl_c()
-    lock = None
+    lock, launched = None, False
     try:
         check_num_gpus(args.num_gpus)
         cfg = build_cfg(args)
@@ -112,14 +113,20 @@ def cli(argv=None):
             notice = lock.acquire()
             if notice:
                 print(f"warning: {notice}", file=sys.stderr, flush=True)
+        launched = True
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args, cfg))
     except TrainingInterrupted as e:
         print(e.args[0] if e.args else "interrupted", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print("interrupted" if args.eval_only else "interrupted before training started", file=sys.stderr,
-              flush=True)
+        if args.eval_only:
+            line = "interrupted"
+        elif launched and args.num_gpus * args.num_machines > 1:  # the launcher of several training processes
+            line = launcher_interrupted_message(cfg.OUTPUT_DIR)
+        else:
+            line = "interrupted before training started"
+        print(line, file=sys.stderr, flush=True)
         return 1
     except Exception as e:
         error = reported_error(e)

@@ -19,6 +19,7 @@ from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, hooks
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, EventWriter
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from .. import compat
@@ -44,6 +45,7 @@ __all__ = [
     "check_model_weights",
     "check_num_gpus",
     "TrainingInterrupted",
+    "launcher_interrupted_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,6 +148,18 @@ def check_num_gpus(num_gpus: int) -> None:
 def _caused_by_interrupt(error: BaseException) -> bool:
     """Whether a KeyboardInterrupt is in ``error``'s context chain."""
     return in_context_chain(error, KeyboardInterrupt) is not None
+
+
+def launcher_interrupted_message(output_dir: str) -> str:
+    """The line for Ctrl-C / SIGTERM in the process that launched several training processes (it does not know
+    their iteration): the checkpoint ``OUTPUT_DIR/last_checkpoint`` names, which ``--resume`` continues from.
+    The workers stop on their own signal (or when their launcher ends); a checkpoint being written completes."""
+    tag = os.path.join(output_dir, "last_checkpoint")
+    if not PathManager.exists(tag):
+        return "interrupted; no checkpoint was written yet: run again without --resume to start from the beginning"
+    with PathManager.open(tag) as f:
+        last = f.read().strip()
+    return f"interrupted; the last checkpoint is {os.path.join(output_dir, last)}: resume with --resume"
 
 
 class TrainingInterrupted(KeyboardInterrupt):

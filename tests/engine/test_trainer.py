@@ -9,6 +9,7 @@ from detectron2.engine import HookBase, hooks
 from metaalign_det.engine import MetaAlignTrainer
 from metaalign_det.engine.checkpoint import AtomicDetectionCheckpointer
 from metaalign_det.engine.printer import TrainingMetricPrinter
+from metaalign_det.engine.trainer import launcher_interrupted_message
 from tests.d2_newer_api import simulate_newer_detectron2
 from tests.helpers.configs import quick_cfg
 from tests.helpers.training import build_trainer, one_step, train
@@ -318,3 +319,15 @@ def test_source_without_boxes_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"DATASETS.TRAIN \['toy_no_boxes'\]: none of its 4 images has a box "
                                          r"and DATALOADER.FILTER_EMPTY_ANNOTATIONS=True drops every image"):
         MetaAlignTrainer(cfg)
+
+
+def test_the_launcher_of_several_processes_names_the_checkpoint_last_checkpoint_names(tmp_path):
+    """Ctrl-C in ``train_net.py --num-gpus N``'s launcher: it does not know the iteration, it names what --resume
+    continues from (the single-process line's second half)."""
+    assert launcher_interrupted_message(str(tmp_path)) == (
+        "interrupted; no checkpoint was written yet: run again without --resume to start from the beginning")
+    ckpt = AtomicDetectionCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
+    ckpt.save("model_0000199")
+    ckpt.save("model_0000399")
+    assert launcher_interrupted_message(str(tmp_path)) == (
+        f"interrupted; the last checkpoint is {tmp_path / 'model_0000399.pth'}: resume with --resume")

@@ -42,6 +42,7 @@ import metaalign_det  # noqa: E402,F401  (compat first; registers models and dat
 import torch  # noqa: E402
 from detectron2.data import DatasetMapper  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from metaalign_det.analysis import proxy_a_distance  # noqa: E402
@@ -120,7 +121,10 @@ def _batches(cfg, name, max_images, seed, batch_size=4):
 
 
 def analyze(cfg, weights, source, target, levels, args):
-    """PAD per representation and grad_cos for one checkpoint; returns a dict."""
+    """PAD per representation and grad_cos for one checkpoint; returns a dict. The same ``--seed`` gives the
+    same numbers, whatever the checkpoint's place in ``--weights``: every RNG (python, numpy -- the training
+    loader's random flip --, torch -- heads a checkpoint lacks keep their initialisation) is seeded here."""
+    seed_all_rng(args.seed)
     model = build_model(cfg)
     # EMA configs: the evaluated model is the checkpoint's "ema" entry; raises on a checkpoint that does not fit
     keys = load_eval_weights(model, cfg, weights).keys
@@ -169,7 +173,6 @@ def main(argv=None):
     logging.getLogger("metaalign_det").setLevel(logging.WARNING)
     try:
         cfg, source, target, levels = _setup(args)
-        torch.manual_seed(args.seed)
         results = [analyze(cfg, w, source, target, levels, args) for w in args.weights]
     except (ToolError, WeightsMismatchError, FileNotFoundError, ValueError) as e:
         fail(TOOL, e)

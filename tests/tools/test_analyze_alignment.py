@@ -76,6 +76,23 @@ def test_pad_table_and_json_for_two_checkpoints(pair):
     assert c["pad"]["pooled"]["pad"] <= 0.5
 
 
+def test_the_same_seed_gives_the_same_numbers_whatever_the_checkpoints_place(pair):
+    """Every RNG is seeded per checkpoint: the training loader's random flip (numpy) and the heads' init no
+    longer depend on the run or on the checkpoints analysed before (grad_cos differed run to run)."""
+    coco = [x for s in pair["specs"] for x in ("--coco-json", s)]
+    reports = []
+    for name, weights in (("alone", pair["weights"][1:]), ("second", pair["weights"])):
+        out = pair["root"] / f"{name}.json"
+        proc = _run(["--config-file", CONFIG, "--weights", *weights, *coco, "--max-images", "4",
+                     "--grad-batches", "3", "--output", str(out), *pair["opts"]])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        reports.append(json.load(open(out))["checkpoints"][-1])
+    alone, second = reports
+    assert alone["weights"] == second["weights"] == pair["weights"][1]
+    assert alone["grad_cos"]["values"] == second["grad_cos"]["values"]
+    assert alone["pad"] == second["pad"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--weights", "/nonexistent/w.pth"], "--weights /nonexistent/w.pth: no such file"),
     (["--target-dataset", "no_such_set"], "unknown dataset 'no_such_set'"),

@@ -79,6 +79,7 @@ from metaalign_det.data.pairs import (  # noqa: E402
     register_domain_pair,
     registered_pairs,
 )
+from metaalign_det.engine.output_dir import check_output_dir  # noqa: E402
 
 DATASETS = ("cityscapes", "foggy", "sim10k", "synthetic", "sim2real")
 EXPECTED = {"train": 2975, "val": 500}  # Cityscapes gtFine scenes per split
@@ -362,6 +363,14 @@ def check_pair(path, name, definition, check_only, verify, workers):
     return ok
 
 
+def _generates(wanted, root, parts, rebuild) -> bool:
+    """Whether preparing ``wanted`` generates a pair (synthetic, sim2real) under ``root``."""
+    if "synthetic" in wanted and (rebuild or not synthetic_pair_is_current(root)):
+        return True
+    return "sim2real" in wanted and (rebuild or not all(sim2real_is_current(root, v)
+                                                        for v in sim2real_variants(parts)))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("datasets", nargs="*", metavar="DATASET",
@@ -401,6 +410,14 @@ def main(argv=None):
     root = os.path.abspath(args.root or builtin.datasets_root())
     builtin.register_all_builtin(root, overwrite=True)
     print(f"datasets root: {root}")
+    if not args.check and _generates(wanted, root, parts, args.rebuild):
+        # generating a pair writes under the root: an unusable root is one line now, not an error per dataset
+        key = "--root" if args.root or not os.environ.get("DETECTRON2_DATASETS") else "DETECTRON2_DATASETS"
+        try:
+            check_output_dir(root, key=key)
+        except ValueError as e:
+            print(f"prepare_datasets.py: error: {e}", file=sys.stderr)
+            return 2
     try:
         pairs = register_manifests(args.manifest, root)
     except (OSError, ValueError) as e:

@@ -22,11 +22,12 @@ def _file_in_the_way(path: str) -> str:
     return ""
 
 
-def check_output_dir(path: str) -> None:
+def check_output_dir(path: str, key: str = "OUTPUT_DIR") -> None:
     """Create ``path`` (and its parents) if missing and write and delete a temp file in it.
 
-    Raises ValueError, one line starting ``OUTPUT_DIR <path>:``, saying what is wrong: a file where the folder
+    Raises ValueError, one line starting ``<key> <path>:``, saying what is wrong: a file where the folder
     (or one of its parents) should be, no permission, a read-only file system, a full disk, ...
+    ``key``: the setting that names the folder (``OUTPUT_DIR``, a tool's ``--root``).
     """
     if not path or ("://" in path and not path.startswith("file://")):
         return
@@ -34,16 +35,16 @@ def check_output_dir(path: str) -> None:
     blocker = _file_in_the_way(path)
     if blocker:
         what = "is a file" if os.path.abspath(blocker) == os.path.abspath(path) else f"{blocker} is a file"
-        raise ValueError(f"OUTPUT_DIR {path}: {what}, expected a folder: remove it or choose another OUTPUT_DIR")
+        raise ValueError(f"{key} {path}: {what}, expected a folder: remove it or choose another {key}")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"OUTPUT_DIR {path}: cannot create the folder ({e.strerror or e}): choose another "
-                         f"OUTPUT_DIR") from None
+        raise ValueError(f"{key} {path}: cannot create the folder ({e.strerror or e}): choose another "
+                         f"{key}") from None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".write_test.", dir=path)
     except OSError as e:
-        raise ValueError(f"OUTPUT_DIR {path}: cannot write into the folder ({e.strerror or e}): make it writable "
-                         f"or choose another OUTPUT_DIR") from None
+        raise ValueError(f"{key} {path}: cannot write into the folder ({e.strerror or e}): make it writable "
+                         f"or choose another {key}") from None
     os.close(fd)
     os.remove(tmp)

@@ -95,6 +95,20 @@ def test_check_says_whether_the_demo_pair_is_generated(tool, tmp_path, capsys, m
     assert "generated, stamp up to date" in capsys.readouterr().out
 
 
+def test_a_root_that_cannot_take_the_generated_pair_is_one_line_exit_2(tool, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    root = str(blocker / "datasets")
+    assert tool.main(["synthetic", "--root", root]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"prepare_datasets.py: error: --root {root}: {blocker} is a file, expected a folder: remove it "
+                   f"or choose another --root"]
+    monkeypatch.setenv("DETECTRON2_DATASETS", root)  # the root from the environment: named as such
+    assert tool.main(["sim2real"]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"prepare_datasets.py: error: DETECTRON2_DATASETS {root}: ")
+    assert tool.main(["synthetic", "--check", "--root", root]) == 0  # --check writes nothing: not refused
+
+
 def _table(out):
     return {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "images=" in line}
 

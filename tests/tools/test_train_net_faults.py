@@ -164,8 +164,8 @@ def test_disk_full_while_saving_a_checkpoint(datasets_root, tmp_path):
 SLOW_LR = ("SOLVER.BASE_LR", "0.001")
 
 
-def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_path):
-    out = tmp_path / "out"
+def _interrupted_run(datasets_root, out, sig, while_running=lambda proc: None):
+    """A 500-iteration run, sent ``sig`` once its first checkpoint exists (after ``while_running(proc)``)."""
     # a small lr: on a loaded machine the run may train for a while before the signal, and must not diverge first
     proc = subprocess.Popen(_cmd(out, "SOLVER.MAX_ITER", "500", *SLOW_LR), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO,
@@ -175,18 +175,28 @@ def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_pa
         while not (out / "last_checkpoint").exists():
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
             time.sleep(0.2)
-        # a second training into the same folder while this one runs: refused, the running one's files untouched
+        while_running(proc)
+        proc.send_signal(sig)
+        stdout, stderr = _communicate_or_dump(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_path):
+    out = tmp_path / "out"
+
+    def second_run_is_refused(proc):
+        """A second training into the same folder while this one runs: refused, the running one's files
+        untouched."""
         config_before = (out / "config.yaml").read_text()
         second = _run(datasets_root, out, "SOLVER.MAX_ITER", "2")
         assert _one_line(second).startswith(f"error: OUTPUT_DIR {out} is in use by another run (pid {proc.pid} on "
                                             f"host {socket.gethostname()}, running since "), second.stderr[-2000:]
         assert (out / "config.yaml").read_text() == config_before and proc.poll() is None
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = _communicate_or_dump(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    done = _interrupted_run(datasets_root, out, signal.SIGINT, second_run_is_refused)
     line = _one_line(done, code=1, prefix="interrupted at iteration ")
     stopped_at = int(line.split()[3].rstrip(";"))
     tag = _tag(out)
@@ -194,7 +204,7 @@ def test_ctrl_c_exits_1_with_one_line_and_resume_continues(datasets_root, tmp_pa
                     f"--resume"), line
     saved_at = int(tag[len("model_"):-len(".pth")])
     assert saved_at <= stopped_at <= saved_at + 2  # checkpoints every 2 iterations; the next one was not written
-    assert "error:" not in stderr and _leftovers(out) == []
+    assert "error:" not in done.stderr and _leftovers(out) == []
     again = _run(datasets_root, out, "SOLVER.MAX_ITER", str(saved_at + 3), *SLOW_LR, resume=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _resumed_at(out) == saved_at + 1 and _tag(out) == "model_final.pth"
@@ -204,21 +214,11 @@ def test_sigterm_ends_the_run_as_ctrl_c(datasets_root, tmp_path):
     """kill / a scheduler's preemption: the same one line and exit status as Ctrl-C, and the run lock released
     (Python's default SIGTERM would end the process on the spot and leave the lock behind)."""
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(out, "SOLVER.MAX_ITER", "500", *SLOW_LR), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env=_env(datasets_root, PYTHONFAULTHANDLER="1"))
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / "last_checkpoint").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
-            time.sleep(0.2)
+
+    def lock_held(proc):
         assert (out / LOCK_NAME).exists()
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = _communicate_or_dump(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    done = _interrupted_run(datasets_root, out, signal.SIGTERM, lock_held)
     line = _one_line(done, code=1, prefix="interrupted at iteration ")
     assert line.endswith(f"{out / _tag(out)}: resume with --resume"), line
     assert not (out / LOCK_NAME).exists() and _leftovers(out) == []

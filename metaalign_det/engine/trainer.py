@@ -8,6 +8,7 @@ are checked before the first iteration, each as one error naming the key: :func:
 :func:`check_step_config`, :func:`check_eval_config` (at construction) and :func:`check_model_weights`
 (in ``resume_or_load``, when MODEL.WEIGHTS is what gets loaded)."""
 import logging
+import math
 import os
 import weakref
 from typing import Dict, Iterable, List, Optional
@@ -102,12 +103,11 @@ def check_solver_config(cfg: CfgNode, world_size: int = 1) -> None:
             raise ValueError(f"{key} is {n}, which {world_size} processes cannot share evenly: use a multiple of "
                              f"{world_size}")
     for key, value, least in (("SOLVER.MAX_ITER", s.MAX_ITER, 1), ("SOLVER.CHECKPOINT_PERIOD", s.CHECKPOINT_PERIOD, 1),
-                              ("SOLVER.LOG_PERIOD", cfg.SOLVER.get("LOG_PERIOD", 1), 1),
+                              ("SOLVER.LOG_PERIOD", s.get("LOG_PERIOD", 1), 1),
                               ("TEST.EVAL_PERIOD", cfg.TEST.EVAL_PERIOD, 0)):
         if value < least:
             raise ValueError(f"{key} is {value}: expected an integer >= {least}")
-    lr = float(s.BASE_LR)
-    if not (lr > 0 and lr != float("inf")):
+    if not (math.isfinite(s.BASE_LR) and s.BASE_LR > 0):
         raise ValueError(f"SOLVER.BASE_LR is {s.BASE_LR}: expected a finite learning rate > 0")
 
 
@@ -155,11 +155,18 @@ def launcher_interrupted_message(output_dir: str) -> str:
     their iteration): the checkpoint ``OUTPUT_DIR/last_checkpoint`` names, which ``--resume`` continues from.
     The workers stop on their own signal (or when their launcher ends); a checkpoint being written completes."""
     tag = os.path.join(output_dir, "last_checkpoint")
-    if not PathManager.exists(tag):
-        return "interrupted; no checkpoint was written yet: run again without --resume to start from the beginning"
-    with PathManager.open(tag) as f:
-        last = f.read().strip()
-    return f"interrupted; the last checkpoint is {os.path.join(output_dir, last)}: resume with --resume"
+    last = ""
+    if PathManager.exists(tag):
+        with PathManager.open(tag) as f:
+            last = os.path.join(output_dir, f.read().strip())
+    return f"interrupted; {_resume_hint(last)}"
+
+
+def _resume_hint(last_checkpoint: str) -> str:
+    """What ``--resume`` continues from, given the checkpoint last_checkpoint names ("" if none)."""
+    if not last_checkpoint:
+        return "no checkpoint was written yet: run again without --resume to start from the beginning"
+    return f"the last checkpoint is {last_checkpoint}: resume with --resume"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -310,10 +317,8 @@ class MetaAlignTrainer(DefaultTrainer):
 
     def interrupted_message(self) -> str:
         """Where training stopped and what ``--resume`` continues from (the checkpoint last_checkpoint names)."""
-        where = f"interrupted at iteration {self.iter}"
-        if not self.checkpointer.has_checkpoint():
-            return f"{where}; no checkpoint was written yet: run again without --resume to start from the beginning"
-        return f"{where}; the last checkpoint is {self.checkpointer.get_checkpoint_file()}: resume with --resume"
+        last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
+        return f"interrupted at iteration {self.iter}; {_resume_hint(last)}"
 
     def resume_or_load(self, resume: bool = True) -> None:
         resuming = resume and self.checkpointer.has_checkpoint()

@@ -49,7 +49,8 @@ Protocol (every number is produced by the project's own tools, one process per r
    joint and teacher + MetaAlign vs teacher + DA joint get more paired seeds (5, 6, ...; ``--jobs`` seeds at a
    time) until the 95% interval of each paired difference is at most ``--target-half-width`` AP50 on either
    side, or ``--max-seeds`` seeds are run. The rule looks only at the interval's width (the spread of the
-   differences), never at its sign or mean.
+   differences), never at its sign or mean. Before it is run, the summary estimates from the present spread how
+   many seeds each pair needs and the wall hours their runs take (``power_plan``).
 6. **Summary**: per row mean and 95% t-interval over seeds; paired per-seed difference to source-only and to
    DA joint with its 95% interval; the share of the source-only -> oracle gap closed; written to
    ``<results>/summary.md`` and, with ``--docs``, ``docs/<study>.md``.
@@ -76,7 +77,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 DEMO = os.path.join(ROOT, "configs", "demo")
 
-from metaalign_det.analysis.stats import mean_ci, paired_difference  # noqa: E402  (pure Python)
+from metaalign_det.analysis.stats import mean_ci, paired_difference, seeds_for_half_width  # noqa: E402  (pure Python)
 from metaalign_det.utils.io import atomic_open  # noqa: E402
 
 # The pairs: their registered splits, class count, study name (results / docs / output folder) and base pair.
@@ -176,6 +177,34 @@ CORE = ("source_only", "da_joint", "oracle")  # + the MetaAlign first-order row 
 # the powered comparison's (x, y) pairs; "metaalign_fo" stands for the first-order row at the chosen α
 POWERED_PAIRS = (("metaalign_fo", "da_joint"), ("teacher_metaalign_fo", "teacher_align"))
 _print_lock = threading.Lock()
+
+
+PLAN_MAX_SEEDS = 200  # the seed-count estimate gives up beyond this
+
+
+def power_plan(study, recs):
+    """For each powered pair with >= 2 shared seeds: the seeds the paired 95% interval needs to reach
+    ``--target-half-width`` at the present spread, the runs that still lack and their wall time.
+
+    Returns dicts ``{x, y, seeds, half_width, std, needed, runs, hours}``; ``needed`` None = more than
+    PLAN_MAX_SEEDS (then runs and hours count that many)."""
+    a = study.args
+    out = []
+    for x, y in study.powered_pairs(recs):
+        tx = {s: r["ap"][TEST]["mAP"] for s, r in recs.get(x, {}).items()}
+        ty = {s: r["ap"][TEST]["mAP"] for s, r in recs.get(y, {}).items()}
+        d = paired_difference(tx, ty)
+        if d is None or d["std"] is None:
+            continue
+        needed = seeds_for_half_width(d["std"], a.target_half_width, PLAN_MAX_SEEDS)
+        n = needed if needed is not None else PLAN_MAX_SEEDS
+        # runs still missing for seeds 0 .. n-1 (a seed either row lacks needs that row's run)
+        runs = [(r, s) for s in range(n) for r, have in ((x, tx), (y, ty)) if s not in have]
+        secs = {r: statistics.fmean(rec["seconds"] for rec in recs[r].values()) for r in (x, y)}
+        hours = sum(secs[r] for r, _ in runs) / max(1, a.jobs) / 3600
+        out.append({"x": x, "y": y, "seeds": len(d["seeds"]), "half_width": d["half_width"], "std": d["std"],
+                    "needed": needed, "runs": len(runs), "hours": hours})
+    return out
 
 
 def log(msg):
@@ -648,6 +677,18 @@ def summarize(study, recs):
         lines += ["", f"**Powered comparison** (`--stage powered`: paired seeds added until the 95% interval is at "
                   f"most ±{a.target_half_width:g} AP50, at most {a.max_seeds} seeds; target test AP50, x − y):", "",
                   "| x | y | seeds | Δ (x − y) | half width | x better on |", "|---|---|---|---|---|---|"] + powered
+    plan = power_plan(study, recs)
+    if plan:
+        lines += ["", f"**Seeds the powered comparison needs** (for a 95% interval of at most ±{a.target_half_width:g} "
+                  "AP50 if the paired differences keep their present spread; wall time at "
+                  f"{a.jobs} runs at a time from the rows' mean run time):", "",
+                  "| x | y | seeds now | half width now | std of Δ | seeds needed | more runs | ≈ wall hours |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for p in plan:
+            need = "met" if p["needed"] is not None and p["needed"] <= p["seeds"] else (
+                p["needed"] if p["needed"] is not None else f"> {PLAN_MAX_SEEDS}")
+            lines.append(f"| {ROWS[p['x']][2]} | {ROWS[p['y']][2]} | {p['seeds']} | ±{p['half_width']:.1f} "
+                         f"| {p['std']:.1f} | {need} | {p['runs']} | {p['hours']:.1f} |")
     dev = _dev_means(recs, [r for r in ["da_joint", *SEARCH] if r not in diverged_rows(recs, SEARCH)],
                      a.sweep_seeds)
     if len(dev) > 1:

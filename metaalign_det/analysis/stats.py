@@ -4,7 +4,7 @@ import math
 import statistics
 from typing import Dict, Mapping, Optional, Sequence
 
-__all__ = ["t_quantile_975", "mean_ci", "paired_difference"]
+__all__ = ["t_quantile_975", "mean_ci", "paired_difference", "seeds_for_half_width"]
 
 # two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30 (standard tables, 3 decimals)
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -51,3 +51,15 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> Optiona
         return None
     diffs = [float(a[s]) - float(b[s]) for s in seeds]
     return {"seeds": seeds, "diffs": diffs, **mean_ci(diffs)}
+
+
+def seeds_for_half_width(std: float, target: float, max_n: int = 1000) -> Optional[int]:
+    """The smallest number of seeds ``n`` >= 2 whose 95% t-interval half-width ``t_{0.975,n-1} * std / sqrt(n)``
+    is at most ``target`` (same units as ``std``, e.g. AP50 points), if the spread stays ``std``; None when
+    even ``max_n`` seeds are not enough. A planning estimate: the next seeds' spread will differ."""
+    if not (std >= 0 and target > 0):
+        raise ValueError(f"seeds_for_half_width: need std >= 0 and target > 0, got std={std}, target={target}")
+    for n in range(2, max_n + 1):
+        if t_quantile_975(n - 1) * std / math.sqrt(n) <= target:
+            return n
+    return None

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from metaalign_det.analysis.pad import fit_logistic, proxy_a_distance
-from metaalign_det.analysis.stats import mean_ci, paired_difference, t_quantile_975
+from metaalign_det.analysis.stats import mean_ci, paired_difference, seeds_for_half_width, t_quantile_975
 
 
 def _gaussians(shift, n=200, d=8, seed=0):
@@ -95,3 +95,17 @@ def test_paired_difference_uses_shared_seeds_only():
     assert d["seeds"] == [0, 1, 2] and d["diffs"] == [1.0, 2.0, 0.0]
     assert d["mean"] == pytest.approx(1.0) and d["n"] == 3
     assert paired_difference({0: 1.0}, {1: 1.0}) is None
+
+
+def test_seeds_for_half_width_is_the_smallest_count_that_reaches_the_target():
+    # std 3, target 3: n = 6 gives 2.571 * 3 / sqrt(6) = 3.15 > 3, n = 7 gives 2.447 * 3 / sqrt(7) = 2.77
+    assert seeds_for_half_width(3.0, 3.0) == 7
+    for std, target in ((4.0, 3.0), (8.0, 3.0), (1.0, 0.5), (5.5, 3.0)):
+        n = seeds_for_half_width(std, target)
+        assert t_quantile_975(n - 1) * std / math.sqrt(n) <= target
+        assert n == 2 or t_quantile_975(n - 2) * std / math.sqrt(n - 1) > target
+    assert seeds_for_half_width(0.0, 3.0) == 2  # no spread: the fewest seeds an interval needs
+    assert seeds_for_half_width(100.0, 0.1, max_n=50) is None
+    for bad in ((-1.0, 3.0), (3.0, 0.0), (float("nan"), 3.0)):
+        with pytest.raises(ValueError):
+            seeds_for_half_width(*bad)

@@ -146,6 +146,37 @@ def test_powered_comparison_adds_paired_seeds_until_the_interval_is_narrow(study
                                                                                    f" {m.ROWS[da][2]} | 8 |"))
 
 
+def test_summary_estimates_the_seeds_and_hours_the_powered_comparison_needs(study_mod, tmp_path):
+    m = study_mod
+    study = _study(m, tmp_path)  # target ±3 AP50, 2 jobs
+    alpha = m.ALPHAS[0]
+    ma, da = f"metaalign_fo_a{alpha}", "da_joint"
+    recs = {f"metaalign_fo_a{a}": {s: _rec(m, "x", s, dev=60.0 + (a == alpha), test=60.0) for s in (0, 1, 2)}
+            for a in m.ALPHAS}
+    # paired differences +4, -4, +4, -4, +4 (std 4.38): 11 seeds at that spread; runs of 600 s and 400 s
+    recs[ma].update({s: _rec(m, ma, s, dev=60.0, test=60.0 + (4 if s % 2 == 0 else -4)) for s in range(5)})
+    recs[da] = {s: _rec(m, da, s, dev=60.0, test=60.0) for s in range(5)}
+    for s in range(5):
+        recs[ma][s]["seconds"], recs[da][s]["seconds"] = 600.0, 400.0
+    recs[da][5] = _rec(m, da, 5, dev=60.0, test=60.0)  # a seed one row has already: only the other row's run
+    recs[da][5]["seconds"] = 400.0
+    (plan,) = m.power_plan(study, recs)
+    assert plan["seeds"] == 5 and plan["needed"] == 11
+    assert plan["runs"] == 11  # seeds 5..10 for MetaAlign, 6..10 for DA joint
+    assert plan["hours"] == pytest.approx((6 * 600 + 5 * 400) / 2 / 3600)
+    table, _ = m.summarize(study, recs)
+    line = next(ln for ln in table.splitlines() if ln.startswith(f"| {m.ROWS[ma][2]} | {m.ROWS[da][2]} | 5 | ±"))
+    assert line.endswith("| 11 | 11 | 0.8 |")
+    # a pair already narrow enough says so and needs nothing
+    for s in range(6):
+        recs[ma].setdefault(s, _rec(m, ma, s, dev=60.0, test=60.0))
+        recs[ma][s]["ap"][m.TEST]["mAP"] = 61.0 + 0.1 * (s % 2)
+    (plan,) = m.power_plan(study, recs)
+    assert plan["needed"] <= plan["seeds"] and plan["runs"] == 0
+    table, _ = m.summarize(study, recs)
+    assert "| met | 0 | 0.0 |" in table
+
+
 def test_finished_runs_keep_only_their_final_checkpoint(study_mod, tmp_path):
     names = ["model_0000099.pth", "model_0000199.pth", "model_final.pth", "last_checkpoint", "metrics.json"]
     for n in names:

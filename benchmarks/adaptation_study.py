@@ -182,31 +182,6 @@ _print_lock = threading.Lock()
 PLAN_MAX_SEEDS = 200  # the seed-count estimate gives up beyond this
 
 
-def power_plan(study, recs):
-    """For each powered pair with >= 2 shared seeds: the seeds the paired 95% interval needs to reach
-    ``--target-half-width`` at the present spread, the runs that still lack and their wall time.
-
-    Returns dicts ``{x, y, seeds, half_width, std, needed, runs, hours}``; ``needed`` None = more than
-    PLAN_MAX_SEEDS (then runs and hours count that many)."""
-    a = study.args
-    out = []
-    for x, y in study.powered_pairs(recs):
-        tx = {s: r["ap"][TEST]["mAP"] for s, r in recs.get(x, {}).items()}
-        ty = {s: r["ap"][TEST]["mAP"] for s, r in recs.get(y, {}).items()}
-        d = paired_difference(tx, ty)
-        if d is None or d["std"] is None:
-            continue
-        needed = seeds_for_half_width(d["std"], a.target_half_width, PLAN_MAX_SEEDS)
-        n = needed if needed is not None else PLAN_MAX_SEEDS
-        # runs still missing for seeds 0 .. n-1 (a seed either row lacks needs that row's run)
-        runs = [(r, s) for s in range(n) for r, have in ((x, tx), (y, ty)) if s not in have]
-        secs = {r: statistics.fmean(rec["seconds"] for rec in recs[r].values()) for r in (x, y)}
-        hours = sum(secs[r] for r, _ in runs) / max(1, a.jobs) / 3600
-        out.append({"x": x, "y": y, "seeds": len(d["seeds"]), "half_width": d["half_width"], "std": d["std"],
-                    "needed": needed, "runs": len(runs), "hours": hours})
-    return out
-
-
 def log(msg):
     with _print_lock:
         print(f"[study {datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
@@ -470,16 +445,40 @@ class Study:
         return [(f"metaalign_fo_a{alpha}" if x == "metaalign_fo" else x, y) for x, y in POWERED_PAIRS
                 if x != "metaalign_fo" or alpha is not None]
 
+    def powered_differences(self, recs):
+        """(x, y, x's test AP50 by seed, y's, their paired_difference or None) for each powered pair."""
+        for x, y in self.powered_pairs(recs):
+            tx = {s: r["ap"][TEST]["mAP"] for s, r in recs.get(x, {}).items()}
+            ty = {s: r["ap"][TEST]["mAP"] for s, r in recs.get(y, {}).items()}
+            yield x, y, tx, ty, paired_difference(tx, ty)
+
+    def power_plan(self, recs):
+        """For each powered pair with >= 2 shared seeds: the seeds the paired 95% interval needs to reach
+        ``--target-half-width`` at the present spread, the runs that still lack and their wall time.
+
+        Returns dicts ``{x, y, seeds, half_width, std, needed, runs, hours}``; ``needed`` None = more than
+        PLAN_MAX_SEEDS (then runs and hours count that many)."""
+        out = []
+        for x, y, tx, ty, d in self.powered_differences(recs):
+            if d is None or d["std"] is None:
+                continue
+            needed = seeds_for_half_width(d["std"], self.args.target_half_width, PLAN_MAX_SEEDS)
+            n = needed if needed is not None else PLAN_MAX_SEEDS
+            # runs still missing for seeds 0 .. n-1 (a seed either row lacks needs that row's run)
+            runs = [(r, s) for s in range(n) for r, have in ((x, tx), (y, ty)) if s not in have]
+            secs = {r: statistics.fmean(rec["seconds"] for rec in recs[r].values()) for r in (x, y)}
+            hours = sum(secs[r] for r, _ in runs) / max(1, self.args.jobs) / 3600
+            out.append({"x": x, "y": y, "seeds": len(d["seeds"]), "half_width": d["half_width"], "std": d["std"],
+                        "needed": needed, "runs": len(runs), "hours": hours})
+        return out
+
     def powered_todo(self, recs):
         """The (row, seed) runs of the next round: for each pair whose paired 95% interval is still wider than
         ``--target-half-width`` on a side (or has fewer than 2 seeds), the ``--jobs`` smallest seeds below
         ``--max-seeds`` that either row lacks. Empty when every pair is narrow enough or out of seeds."""
         a = self.args
         todo = []
-        for x, y in self.powered_pairs(recs):
-            tx = {s: r["ap"][TEST]["mAP"] for s, r in recs.get(x, {}).items()}
-            ty = {s: r["ap"][TEST]["mAP"] for s, r in recs.get(y, {}).items()}
-            d = paired_difference(tx, ty)
+        for x, y, tx, ty, d in self.powered_differences(recs):
             if d is not None and d["half_width"] is not None and d["half_width"] <= a.target_half_width:
                 continue
             missing = [s for s in range(a.max_seeds) if s not in tx or s not in ty][:max(1, a.jobs)]
@@ -677,7 +676,7 @@ def summarize(study, recs):
         lines += ["", f"**Powered comparison** (`--stage powered`: paired seeds added until the 95% interval is at "
                   f"most ±{a.target_half_width:g} AP50, at most {a.max_seeds} seeds; target test AP50, x − y):", "",
                   "| x | y | seeds | Δ (x − y) | half width | x better on |", "|---|---|---|---|---|---|"] + powered
-    plan = power_plan(study, recs)
+    plan = study.power_plan(recs)
     if plan:
         lines += ["", f"**Seeds the powered comparison needs** (for a 95% interval of at most ±{a.target_half_width:g} "
                   "AP50 if the paired differences keep their present spread; wall time at "

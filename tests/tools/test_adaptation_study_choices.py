@@ -160,7 +160,7 @@ def test_summary_estimates_the_seeds_and_hours_the_powered_comparison_needs(stud
         recs[ma][s]["seconds"], recs[da][s]["seconds"] = 600.0, 400.0
     recs[da][5] = _rec(m, da, 5, dev=60.0, test=60.0)  # a seed one row has already: only the other row's run
     recs[da][5]["seconds"] = 400.0
-    (plan,) = m.power_plan(study, recs)
+    (plan,) = study.power_plan(recs)
     assert plan["seeds"] == 5 and plan["needed"] == 11
     assert plan["runs"] == 11  # seeds 5..10 for MetaAlign, 6..10 for DA joint
     assert plan["hours"] == pytest.approx((6 * 600 + 5 * 400) / 2 / 3600)
@@ -171,7 +171,7 @@ def test_summary_estimates_the_seeds_and_hours_the_powered_comparison_needs(stud
     for s in range(6):
         recs[ma].setdefault(s, _rec(m, ma, s, dev=60.0, test=60.0))
         recs[ma][s]["ap"][m.TEST]["mAP"] = 61.0 + 0.1 * (s % 2)
-    (plan,) = m.power_plan(study, recs)
+    (plan,) = study.power_plan(recs)
     assert plan["needed"] <= plan["seeds"] and plan["runs"] == 0
     table, _ = m.summarize(study, recs)
     assert "| met | 0 | 0.0 |" in table

@@ -48,9 +48,16 @@ def make_toy_coco(root, n_images=4, size=(96, 128), seed=0, foggy=False, n_boxes
 
 
 def register_toy(name, root, **kwargs):
-    """Generate (if needed) and register ``name``; idempotent within a process."""
+    """Generate (if needed) and register ``name``; idempotent within a process while its files exist.
+
+    A name registered by an earlier test whose tmp_path pytest has removed since (passed tests' folders are
+    not kept) is registered again under ``root``: the same generated data, in a folder that exists."""
     if name in DatasetCatalog.list():
-        return name
+        json_file = MetadataCatalog.get(name).get("json_file")
+        if json_file is None or os.path.isfile(json_file):
+            return name
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
     path = make_toy_coco(root, **kwargs)
     register_coco_instances(name, {}, path, root)
     MetadataCatalog.get(name).thing_classes = list(CLASSES)

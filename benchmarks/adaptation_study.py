@@ -64,6 +64,7 @@ two-thread run for these small models).
 import argparse
 import concurrent.futures as futures
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -252,6 +253,12 @@ def _train_log_stats(out):
             "da_acc_last": last or None, "teacher_mean": teacher or None}
 
 
+def _refuse(msg):
+    """A study that cannot go on as asked: one line on stderr, exit status 2."""
+    print(f"[study] error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 class Study:
     def __init__(self, args):
         self.args = args
@@ -265,6 +272,34 @@ class Study:
     # -- the base detector ----------------------------------------------------------------------------
     def base_weights(self):
         return os.path.join(self.base_dir, "model_final.pth")
+
+    def base_digest(self):
+        """The first 16 hex digits of the base weights' sha256: the identity that pairs the runs. A base retrained
+        on another machine (other CPU kernels or library versions) is a different detector, so every run record
+        names the base it started from, and the summary pairs only runs of the recorded base."""
+        if getattr(self, "_digest", None) is None:
+            h = hashlib.sha256()
+            with open(self.base_weights(), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            self._digest = h.hexdigest()[:16]
+        return self._digest
+
+    def check_base(self):
+        """Refuse (exit 2) to add runs from weights other than the ones base.json records."""
+        with open(self.base_record()) as f:
+            recorded = json.load(f).get("weights_sha256")
+        if not os.path.exists(self.base_weights()):
+            _refuse(
+                f"{self.base_record()} records a base detector whose weights are not at "
+                f"{self.base_weights()}; a retrained base is a different detector (training is not bit-identical "
+                f"across machines), so runs from it would not pair with the recorded ones: put those weights back, "
+                f"or start a new study with its own --results and --out-dir (and --alpha-results for the α)")
+        if recorded is not None and recorded != self.base_digest():
+            _refuse(
+                f"{self.base_weights()} (sha256 {self.base_digest()}) is not the base detector "
+                f"{self.base_record()} records (sha256 {recorded}): runs from it would not pair with the recorded "
+                f"ones; use the recorded weights, or start a new study with its own --results and --out-dir")
 
     def base_record(self):
         return os.path.join(self.base_results, "base.json")
@@ -291,7 +326,8 @@ class Study:
 
     def train_base(self):
         a = self.args
-        if os.path.exists(self.base_record()) and os.path.exists(self.base_weights()):
+        if os.path.exists(self.base_record()):
+            self.check_base()
             log(f"base: done before ({self.base_record()})")
             self._evaluate_base_on_pair()
             return
@@ -323,7 +359,8 @@ class Study:
         train_s = time.perf_counter() - t0
         aps = self._evaluate(self.base_weights(), os.path.join(self.base_dir, "eval"), a.jobs)
         pad = self._pad(self.base_weights(), os.path.join(self.base_dir, "pad.json"), a.jobs)
-        record = {"iterations": iters, "lr": a.base_lr, "seed": a.base_seed, "curve_source_val_ap50": curve,
+        record = {"iterations": iters, "lr": a.base_lr, "seed": a.base_seed, "weights_sha256": self.base_digest(),
+                  "curve_source_val_ap50": curve,
                   "stopped_rising": self._stopped_rising(curve), "ap": aps, "pad": pad,
                   "seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(train_s, 1)}
         _write_json(self.base_record(), record)
@@ -384,9 +421,9 @@ class Study:
             return
         config, extra, _ = ROWS[row]
         if row in FOLLOW_ALPHA:  # these rows use the α the sweep chose on the dev split
-            alpha = self.chosen_alpha(self.load())
+            alpha = self.alpha()
             if alpha is None:
-                raise RuntimeError(f"{row}: run the α sweep first (--stage sweep)")
+                raise RuntimeError(f"{row}: run the α sweep first (--stage sweep, or --alpha-results)")
             extra = extra + ["META.INNER_LR_SCALE", f"{alpha}.0"]
         out = os.path.join(a.out_dir, row, f"seed{seed}")
         os.makedirs(out, exist_ok=True)
@@ -416,7 +453,7 @@ class Study:
                             "decay_at": int(a.iters * 0.8), "batch": "2 source + 2 target"},
                "ap": {n: _read_ap(p) for n, p in results.items()}, **_train_log_stats(out), **pad,
                "train_seconds": round(train_s, 1), "seconds": round(time.perf_counter() - t0, 1),
-               "threads": threads, "resumed": resumed}
+               "threads": threads, "resumed": resumed, "base_sha256": self.base_digest()}
         _write_json(record, rec)
         prune_checkpoints(out)
         log(f"{row} seed {seed}: {rec['seconds']:.0f} s, dev AP50 {rec['ap'][DEV]['mAP']:.1f}")
@@ -441,7 +478,7 @@ class Study:
     # -- the powered comparison -------------------------------------------------------------------------
     def powered_pairs(self, recs):
         """POWERED_PAIRS with the chosen α's row for "metaalign_fo" (left out until the sweep has chosen)."""
-        alpha = self.chosen_alpha(recs)
+        alpha = self.alpha(recs)
         return [(f"metaalign_fo_a{alpha}" if x == "metaalign_fo" else x, y) for x, y in POWERED_PAIRS
                 if x != "metaalign_fo" or alpha is not None]
 
@@ -494,18 +531,36 @@ class Study:
             self.run_all(todo)
 
     # -- results --------------------------------------------------------------------------------------
-    def load(self):
+    def load(self, results=None, any_base=False):
+        """{row: {seed: record}} from ``results`` (default --results), without runs from another base (unless
+        ``any_base``: the records of another study, read for its α choice only)."""
+        results = results or self.args.results
+        recorded = None
+        if not any_base and os.path.exists(self.base_record()):
+            with open(self.base_record()) as fh:
+                recorded = json.load(fh).get("weights_sha256")
         recs = {}
         for row in ROWS:
-            d = os.path.join(self.args.results, row)
+            d = os.path.join(results, row)
             if not os.path.isdir(d):
                 continue
             for f in sorted(os.listdir(d)):
                 if f.startswith("seed") and f.endswith(".json"):
                     with open(os.path.join(d, f)) as fh:
                         r = json.load(fh)
+                    if recorded and r.get("base_sha256", recorded) != recorded:
+                        log(f"left out {d}/{f}: trained from base {r['base_sha256']}, not the recorded {recorded}")
+                        continue
                     recs.setdefault(row, {})[int(r["seed"])] = r
         return recs
+
+    def alpha(self, recs=None):
+        """The chosen α: from this study's sweep (``recs``, default its records), or from --alpha-results (a study
+        on another base detector that reuses the α an earlier study chose on its dev split, not a new sweep)."""
+        src = getattr(self.args, "alpha_results", None)
+        if src:
+            return self.chosen_alpha(self.load(src, any_base=True))
+        return self.chosen_alpha(self.load() if recs is None else recs)
 
     def chosen_alpha(self, recs):
         """The α whose first-order row has the best mean AP50 on the target *dev* split (sweep seeds only)."""
@@ -571,7 +626,7 @@ def _diff(d):
 
 def summarize(study, recs):
     a = study.args
-    alpha = study.chosen_alpha(recs)
+    alpha = study.alpha(recs)
     base = None
     if os.path.exists(study.base_eval_record()):
         with open(study.base_eval_record()) as f:
@@ -845,6 +900,8 @@ def main():
     p.add_argument("--out-dir", help="checkpoints and logs (default: output/<study>)")
     p.add_argument("--results", help="the result JSONs (default: benchmarks/results/<study>)")
     p.add_argument("--base-out-dir", help="the base detector's output parent (default: the base pair's output)")
+    p.add_argument("--alpha-results", help="where the α sweep's records are (default: --results); for a study "
+                   "on another base detector that reuses an earlier study's dev-chosen α")
     p.add_argument("--base-results", help="where the base record is (default: the base pair's results)")
     p.add_argument("--summary-only", action="store_true")
     p.add_argument("--docs", action="store_true", help="also write docs/<study>.md and its figure")
@@ -865,7 +922,7 @@ def main():
                 rows = ["source_only", "da_joint"] + [f"metaalign_fo_a{a}" for a in ALPHAS] + ["oracle"]
                 study.run_all([(r, s) for s in args.sweep_seeds for r in rows])
             if args.stage in ("all", "core"):
-                alpha = study.chosen_alpha(study.load())
+                alpha = study.alpha()
                 core = list(CORE) + [f"metaalign_fo_a{alpha}"]
                 study.run_all([(r, s) for s in args.seeds for r in core])  # seed-major
             if args.stage in ("all", "extra"):
@@ -897,10 +954,11 @@ def main():
     png = os.path.join(args.results, "summary.png")
     if recs:
         plot_study(recs, png, n_seeds=len(args.seeds))
-    if args.docs:
-        shutil.copy(os.path.join(args.results, "summary.md"), os.path.join(ROOT, "docs", f"{name}.md"))
+    if args.docs:  # named after the results folder: a study on a second base detector gets docs of its own
+        doc = os.path.basename(os.path.normpath(args.results))
+        shutil.copy(os.path.join(args.results, "summary.md"), os.path.join(ROOT, "docs", f"{doc}.md"))
         if recs:
-            shutil.copy(png, os.path.join(ROOT, "docs", f"{name}.png"))
+            shutil.copy(png, os.path.join(ROOT, "docs", f"{doc}.png"))
 
 
 if __name__ == "__main__":

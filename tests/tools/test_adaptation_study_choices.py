@@ -252,3 +252,60 @@ def test_pad_builds_each_row_from_a_config_its_checkpoint_fits(study_mod):
         cfg = setup_cfg(os.path.join(demo, m.pad_config(row)), [])
         assert cfg.MODEL.SWDA.LOCAL_CONTEXT and cfg.MODEL.ROI_HEADS.NAME == "ContextStandardROIHeads"
         assert cfg.MODEL.DA_HEADS.IMG_IN_FEATURES == ref.MODEL.DA_HEADS.IMG_IN_FEATURES  # the PAD levels
+
+
+def test_runs_pair_only_with_the_base_detector_their_record_names(study_mod, tmp_path, capsys):
+    """A base retrained elsewhere is a different detector: the study refuses to add runs from it (exit 2, naming
+    both digests or the missing weights), and the summary leaves out records trained from another base."""
+    m = study_mod
+    base_out, res = tmp_path / "b", tmp_path / "res"
+    (base_out / "base").mkdir(parents=True)
+    res.mkdir()
+    weights = base_out / "base" / "model_final.pth"
+    weights.write_bytes(b"recorded weights")
+    args = argparse.Namespace(seeds=[0, 1], sweep_seeds=[0, 1, 2], jobs=2, iters=400, lr=0.01,
+                              out_dir=str(tmp_path / "out"), results=str(res), base_out_dir=str(base_out),
+                              base_results=str(res), target_half_width=3.0, max_seeds=8)
+    study = m.Study(args)
+    digest = study.base_digest()
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    (res / "base.json").write_text(json.dumps({"weights_sha256": digest}))
+    study.check_base()  # the recorded weights: no complaint
+    for seed, base in ((0, digest), (1, "0" * 16)):
+        (res / "source_only").mkdir(exist_ok=True)
+        rec = {**_rec(m, "source_only", seed, dev=50.0, test=50.0), "base_sha256": base}
+        (res / "source_only" / f"seed{seed}.json").write_text(json.dumps(rec))
+    legacy = _rec(m, "source_only", 2, dev=50.0, test=50.0)  # written before records named their base
+    (res / "source_only" / "seed2.json").write_text(json.dumps(legacy))
+    assert sorted(study.load()["source_only"]) == [0, 2]
+    assert sorted(study.load(any_base=True)["source_only"]) == [0, 1, 2]
+
+    weights.write_bytes(b"retrained weights")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        m.Study(args).check_base()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "is not the base detector" in err and digest in err and "--results" in err
+    weights.unlink()
+    with pytest.raises(SystemExit) as e:
+        m.Study(args).train_base()  # would retrain a different base into the recorded study: refused
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "weights are not at" in err and str(weights) in err
+    assert not (base_out / "base" / "run.log").exists()
+
+
+def test_a_study_on_a_second_base_reuses_the_alpha_chosen_on_the_first_dev_split(study_mod, tmp_path):
+    m = study_mod
+    first = tmp_path / "first"
+    for a in m.ALPHAS:
+        for s in (0, 1, 2):
+            d = first / f"metaalign_fo_a{a}"
+            d.mkdir(parents=True, exist_ok=True)
+            dev = 70.0 if a == m.ALPHAS[1] else 60.0
+            (d / f"seed{s}.json").write_text(json.dumps({**_rec(m, d.name, s, dev=dev, test=0.0),
+                                                          "base_sha256": "a" * 16}))
+    study = _study(m, tmp_path)
+    assert study.alpha() is None  # no sweep in its own results
+    study.args.alpha_results = str(first)
+    assert study.alpha() == m.ALPHAS[1]
